@@ -1,0 +1,146 @@
+"""One request budget shared by every worker, paced from the platform's own numbers.
+
+Two meters, both passed by every HTTP attempt:
+
+* the client's own budget (`manifest.rate_limit`), an `aiolimiter.AsyncLimiter`;
+* the platform's fixed window, learnt from `X-RateLimit-Remaining` / `X-RateLimit-Reset`
+  on every response (and the free `GET /rate_limit` at start). Requests in flight are
+  counted against what remains, so the pool stops *before* the wall and waits for the
+  reset instead of collecting 429s. Another client spending the same token's budget
+  shows up in the headers and simply shortens what this one may use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+
+import structlog
+from aiolimiter import AsyncLimiter
+
+from orchestrator.models import Clock, RateLimit, Sleep
+
+log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
+
+_RESET_MARGIN_S = 0.5
+"""Reset is whole seconds; waiting a little past it avoids racing the window's turn."""
+
+
+def parse_reset(value: str | float | int | None) -> float | None:
+    """`X-RateLimit-Reset` as Unix seconds; 13-digit values are milliseconds."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number / 1000.0 if number > 1e12 else number
+
+
+class RateBudget:
+    """The shared gate in front of every request (see the module docstring)."""
+
+    def __init__(
+        self,
+        rate_limit: RateLimit,
+        *,
+        clock: Clock = time.time,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._own = AsyncLimiter(rate_limit.requests, rate_limit.per_seconds)
+        self._window_s = rate_limit.per_seconds
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self.limit: int | None = None
+        self._available: int | None = None  # None: unknown, go until a header tells
+        self._reset_at: float | None = None
+        self._in_flight = 0
+        self.waits = 0
+        self.waited_s = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not yet answered."""
+        return self._in_flight
+
+    def _roll_window(self) -> None:
+        """Once the reset time has passed, the platform has restored the budget."""
+        if self._reset_at is not None and self._clock() >= self._reset_at:
+            self._reset_at = None
+            self._available = None if self.limit is None else self.limit
+
+    def _wait_s(self) -> float:
+        self._roll_window()
+        if self._available is None or self._available > 0:
+            return 0.0
+        if self._reset_at is None:  # no window known: let one request find out
+            return 0.0
+        wait = self._reset_at - self._clock()
+        # A reset further away than one window means the clocks disagree: cap it.
+        return max(0.0, min(wait, self._window_s)) + _RESET_MARGIN_S
+
+    async def acquire(self) -> None:
+        """Wait until both meters allow one more request, then count it in flight."""
+        while (wait := self._wait_s()) > 0:
+            self.waits += 1
+            self.waited_s += wait
+            log.info(
+                "rate_limit.pause",
+                wait_s=round(wait, 2),
+                remaining=self._available,
+                in_flight=self._in_flight,
+            )
+            await self._sleep(wait + self._rng.uniform(0, 0.25))
+            self._roll_window()
+        await self._own.acquire()
+        if self._available is not None:
+            self._available -= 1
+        self._in_flight += 1
+
+    def release(self, headers: Mapping[str, str] | None) -> None:
+        """One request is answered; learn the window from its headers, if any."""
+        self._in_flight -= 1
+        if headers is not None:
+            self.observe(headers)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Update the window from `X-RateLimit-*` headers (or the /rate_limit body)."""
+        limit = headers.get("X-RateLimit-Limit")
+        remaining = headers.get("X-RateLimit-Remaining")
+        reset_at = parse_reset(headers.get("X-RateLimit-Reset"))
+        if limit is not None and limit.isdigit():
+            self.limit = int(limit)
+        if remaining is None or not remaining.lstrip("-").isdigit() or reset_at is None:
+            return
+        # Other requests of ours are in flight: the platform will count them too.
+        estimate = int(remaining) - self._in_flight
+        new_window = self._reset_at is None or reset_at > self._reset_at + 1
+        if new_window or self._available is None:
+            self._available = estimate
+        else:
+            self._available = min(self._available, estimate)
+        self._reset_at = reset_at if new_window else max(self._reset_at or 0, reset_at)
+
+    def exhausted(self, reset_at: float | None) -> None:
+        """A 429 arrived: nothing remains until `reset_at`."""
+        self._available = 0
+        if reset_at is not None:
+            self._reset_at = reset_at
+        elif self._reset_at is None:
+            self._reset_at = self._clock() + self._window_s
+
+    def seconds_until_reset(self) -> float:
+        """How long until the current window ends (0 if unknown)."""
+        if self._reset_at is None:
+            return 0.0
+        return max(0.0, self._reset_at - self._clock())
+
+    @property
+    def remaining(self) -> int | None:
+        """Requests this client believes it may still send in the current window."""
+        self._roll_window()
+        return self._available

@@ -1,0 +1,79 @@
+"""Render the ledger's rows: table, csv, json, markdown; and the end-of-run summary."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from orchestrator.ledger import SourceRow
+
+FORMATS = ("table", "csv", "json", "markdown")
+
+_COLUMNS = ("source_task_id", "label", "new_task_id", "status", "attempts", "error")
+
+
+def _cell(row: dict[str, object], column: str) -> str:
+    value = row.get(column)
+    if value is None:
+        return ""
+    if column == "error" and isinstance(value, dict):
+        code = value.get("code")
+        return (
+            f"{code}: {value.get('message')}"
+            if code is not None
+            else str(value.get("message"))
+        )
+    return str(value)
+
+
+def render(rows: Iterable[SourceRow], fmt: str) -> str:
+    """The `report` command's output for one of FORMATS."""
+    records = [row.as_report() for row in rows]
+    if fmt == "json":
+        return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(records[0]) if records else [])
+        writer.writeheader()
+        for record in records:
+            writer.writerow(
+                {
+                    k: json.dumps(v) if isinstance(v, dict | list) else v
+                    for k, v in record.items()
+                }
+            )
+        return out.getvalue()
+    table = [[_cell(r, c) for c in _COLUMNS] for r in records]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        lines += [
+            "| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
+            for line in table
+        ]
+        return "\n".join(lines) + "\n\n" + summary_line(records) + "\n"
+    return _aligned([list(_COLUMNS), *table]) + "\n" + summary_line(records) + "\n"
+
+
+def _aligned(lines: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(
+            cell.ljust(width) for cell, width in zip(line, widths, strict=True)
+        ).rstrip()
+        for line in lines
+    )
+
+
+def summary_line(records: Sequence[dict[str, object]]) -> str:
+    """`240 sources: COMPLETED 200, FAILED 12, SKIPPED 28`."""
+    counts = Counter(str(r["status"]) for r in records)
+    parts = ", ".join(f"{status} {n}" for status, n in counts.most_common())
+    return f"{len(records)} sources: {parts}" if records else "0 sources"
+
+
+def status_counts(rows: Iterable[SourceRow]) -> Counter[str]:
+    """How many sources per report status."""
+    return Counter(row.status for row in rows)
