@@ -1,4 +1,4 @@
-"""`cgc-rerun`: the one module that reads argv, prints for users and picks exit codes."""
+"""`cgc-rerun`: the one module that reads argv, prints for users, picks exit codes."""
 
 from __future__ import annotations
 

@@ -134,6 +134,8 @@ async def follow(
         if on_poll is not None:
             on_poll(counts)
         pending = len(followed_rows(ledger))
+        tally = {k.lower(): v for k, v in counts.items()}
+        log.info("wait.poll", pending=pending, **tally)
         if not wait or pending == 0 or stop.is_set():
             break
         if clock() >= deadline:

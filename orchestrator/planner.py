@@ -10,7 +10,7 @@ import enum
 import functools
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -191,19 +191,32 @@ async def bulk_read(
 
 
 async def resolve_sources(
-    manifest: Manifest, client: ApiClient, retrier: Retrier
+    manifest: Manifest,
+    client: ApiClient,
+    retrier: Retrier,
+    *,
+    own_clones: Container[str] = frozenset(),
 ) -> tuple[list[Source], int]:
     """Explicit tasks first (manifest order), then the query's, de-duplicated.
 
+    A query never selects `own_clones`, the tasks this ledger created: run again, a
+    "FAILED tasks of project X" manifest must not rerun its own failed reruns.
     Returns the sources and the number of read requests spent.
     """
     reads = _ReadCounter()
     selected: dict[str, Json] = {}
+    excluded = 0
     for params in _select_params(manifest):
         for task in await _list_all(client, retrier, params, reads):
             task_id = task.get("id")
-            if isinstance(task_id, str):
-                selected.setdefault(task_id, task)
+            if not isinstance(task_id, str):
+                continue
+            if task_id in own_clones:
+                excluded += 1
+                continue
+            selected.setdefault(task_id, task)
+    if excluded:
+        log.info("plan.own_clones_excluded", count=excluded)
     specs: dict[str, TaskSpec] = {spec.id: spec for spec in manifest.tasks}
     to_read = [TaskId(i) for i in specs if i not in selected]
     read_back = await bulk_read(client, retrier, to_read)

@@ -174,7 +174,9 @@ async def run_manifest(
     with Ledger(default_ledger(manifest, options)) as ledger:
         async with _open_session(credentials, manifest.rate_limit, options) as session:
             client, retrier = session.client, session.retrier
-            sources, reads = await resolve_sources(manifest, client, retrier)
+            sources, reads = await resolve_sources(
+                manifest, client, retrier, own_clones=ledger.state.attributed
+            )
             plan = plan_sources(
                 manifest,
                 sources,

@@ -1,0 +1,101 @@
+"""Shared fixtures: a fresh simulator per test, served on loopback, and fake time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import structlog
+
+from orchestrator.config import Credentials
+from orchestrator.policy import RetryPolicy
+from orchestrator.runner import RunOptions
+from orchestrator.simulator import SIM_PROJECT, SIM_TOKEN, FakePlatform, serve
+
+PROJECT = SIM_PROJECT
+START = 1_800_000_000.0  # a fixed Unix time for fake clocks
+
+
+@dataclass
+class FakeTime:
+    """A clock that only moves when someone sleeps on it: minutes pass in no time."""
+
+    now: float = START
+    slept: list[float] = field(default_factory=list)
+
+    def time(self) -> float:
+        """The fake Unix time."""
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        """Advance the clock instead of waiting, then yield to the loop."""
+        self.slept.append(seconds)
+        self.now += max(0.0, seconds)
+        await asyncio.sleep(0)
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """Each test starts with structlog's defaults and no bound context."""
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    yield
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(name="fake_time")
+def _fake_time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture(name="platform")
+def _platform(fake_time: FakeTime) -> FakePlatform:
+    """A simulator on fake time with a budget that does not bind unless a test says."""
+    return FakePlatform(clock=fake_time.time, rate_limit=(100_000, 300.0), seed=1)
+
+
+@pytest.fixture(name="api_url")
+async def _api_url(platform: FakePlatform) -> AsyncIterator[str]:
+    async with serve(platform) as url:
+        yield url
+
+
+@pytest.fixture(name="creds")
+def _creds(api_url: str) -> Credentials:
+    return Credentials(endpoint=api_url, token=SIM_TOKEN, source="test simulator")
+
+
+FAST_POLICY = RetryPolicy(
+    attempts=6,
+    wait_initial_s=0.5,
+    wait_max_s=5.0,
+    jitter_s=0.1,
+    maintenance_wait_s=30.0,
+    maintenance_max_s=600.0,
+)
+
+
+@pytest.fixture(name="options")
+def _options(fake_time: FakeTime, tmp_path: Path) -> RunOptions:
+    """Run options on fake time (backoffs and rate-limit pauses take no real time)."""
+    import random
+
+    return RunOptions(
+        ledger_path=tmp_path / "test.ledger.jsonl",
+        policy=FAST_POLICY,
+        sleep=fake_time.sleep,
+        clock=fake_time.time,
+        rng=random.Random(7),
+        request_timeout_s=5.0,
+    )
+
+
+def write_manifest(directory: Path, body: str, name: str = "m.yaml") -> Path:
+    """Write a manifest file and return its path."""
+    path = directory / name
+    path.write_text(body, encoding="utf-8")
+    return path
