@@ -153,7 +153,7 @@ async def plan_manifest(
             sources,
             state,
             retry_failed=options.retry_failed,
-            read_requests=reads + 2,
+            read_requests=reads + 1,  # and GET /user (GET /rate_limit is free)
             budget=session.client.budget,
         )
 
