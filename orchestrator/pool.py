@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -240,7 +241,9 @@ class Pool:
         new_task: Json | None = None
         row = item.ledger_row
         if item.disposition is Disposition.RESUME and row is not None:
-            new_task = {"id": row.new_task_id, "status": row.platform_status}
+            new_task = await self._current(item, TaskId(str(row.new_task_id)))
+            if new_task.get("status") != TaskStatus.DRAFT:
+                return Outcome.CLONED  # a stopped run's last step went through
         if item.disposition is Disposition.RECONCILE:
             since = (
                 row.intent_at if row and row.intent_at is not None else self._clock()
@@ -339,6 +342,18 @@ class Pool:
                 task_errors=errors if run else None,
             )
             return task
+
+    async def _current(self, item: PlannedSource, new_id: TaskId) -> Json:
+        """Read a clone a stopped run left behind; record it if it has moved on."""
+        task = await self._retrier.read(
+            functools.partial(self._client.get_task, new_id)
+        )
+        status = task.get("status")
+        if status != TaskStatus.DRAFT:
+            self._ledger.record(
+                Event.STARTED, item.source.id, new_task_id=new_id, status=status
+            )
+        return task
 
     async def _idempotent(
         self,

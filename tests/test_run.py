@@ -402,3 +402,81 @@ class TestChaos:
 def _no_real_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Never read the developer's real credentials."""
     monkeypatch.setenv("HOME", str(tmp_path))
+
+
+class TestResumeSteps:
+    async def _draft_clone(self, creds: Credentials, source: str, *, run: bool) -> str:
+        """A clone a stopped run had made (and maybe started)."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{creds.endpoint}/tasks/{source}/actions/clone",
+                headers={"X-SBG-Auth-Token": creds.token},
+            ) as response,
+        ):
+            new_id = str((await response.json())["id"])
+        if run:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.post(
+                    f"{creds.endpoint}/tasks/{new_id}/actions/run",
+                    headers={"X-SBG-Auth-Token": creds.token},
+                ) as response,
+            ):
+                assert response.status == 200
+        return new_id
+
+    def _stopped_after_clone(
+        self, options: RunOptions, source: str, new_id: str
+    ) -> None:
+        assert options.ledger_path is not None
+        with Ledger(options.ledger_path) as ledger:
+            ledger.record(
+                Event.PLANNED, source, steps=["clone", "patch", "run"], name="x"
+            )
+            ledger.record(Event.CLONE_INTENT, source, attempt=1, run=False, at=0.0)
+            ledger.record(
+                Event.CLONED, source, new_task_id=new_id, status="DRAFT", via="response"
+            )
+
+    async def test_draft_left_by_a_stopped_run_is_patched_and_run(
+        self,
+        platform: FakePlatform,
+        creds: Credentials,
+        options: RunOptions,
+        tmp_path: Path,
+    ) -> None:
+        """Killed after the clone: the next run patches and runs that same draft."""
+        (source,) = platform.seed_cohort(PROJECT, failed=1)
+        new_id = await self._draft_clone(creds, source, run=False)
+        self._stopped_after_clone(options, source, new_id)
+        path = manifest_for(
+            tmp_path, [source], extra="overrides: {name_suffix: ' R'}\n"
+        )
+        result = await run(path, creds, options)
+        assert platform.clone_counts[source] == 1
+        assert result.rows[0].new_task_id == new_id
+        assert platform.task(new_id)["status"] == "QUEUED"
+        assert str(platform.task(new_id)["name"]).endswith(" R")
+        assert result.exit_code == 0
+
+    async def test_run_step_that_went_through_is_not_sent_again(
+        self,
+        platform: FakePlatform,
+        creds: Credentials,
+        options: RunOptions,
+        tmp_path: Path,
+    ) -> None:
+        """Killed after the run POST but before its record: no second run, no error."""
+        (source,) = platform.seed_cohort(PROJECT, failed=1)
+        new_id = await self._draft_clone(creds, source, run=True)
+        self._stopped_after_clone(options, source, new_id)
+        runs_before = platform.count("POST /tasks/{id}/actions/run")
+        path = manifest_for(
+            tmp_path, [source], extra="overrides: {name_suffix: ' R'}\n"
+        )
+        result = await run(path, creds, options)
+        assert platform.count("POST /tasks/{id}/actions/run") == runs_before
+        assert platform.clone_counts[source] == 1
+        assert result.rows[0].status == "QUEUED"
+        assert result.exit_code == 0
