@@ -480,3 +480,38 @@ class TestResumeSteps:
         assert platform.clone_counts[source] == 1
         assert result.rows[0].status == "QUEUED"
         assert result.exit_code == 0
+
+
+class TestSelectWhileStatusesChange:
+    async def test_no_page_skipped_or_repeated(
+        self, tmp_path: Path, options: RunOptions
+    ) -> None:
+        """Running tasks fail while the query pages through the project: every task
+        FAILED at the start is cloned once, and none twice."""
+        from orchestrator.simulator import serve
+
+        ticks = {"now": 1_800_000_000.0}
+
+        def ticking() -> float:
+            ticks["now"] += 0.05  # time moves on every look at the clock
+            return ticks["now"]
+
+        platform = FakePlatform(
+            clock=ticking, queued_s=1.0, running_s=5.0, fail_fraction=0.5, seed=5
+        )
+        platform.seed_cohort(PROJECT, failed=150, running=150, queued=60)
+        failed_at_start = {
+            tid for tid, task in platform.tasks.items() if task["status"] == "FAILED"
+        }
+        async with serve(platform) as url:
+            creds = Credentials(endpoint=url, token=platform.token, source="test")
+            select = f"select:\n  project: {PROJECT}\n  status: [FAILED]\n"
+            result = await run(manifest_for(tmp_path, select=select), creds, options)
+        changed = {
+            tid for tid, task in platform.tasks.items() if task["status"] == "FAILED"
+        } - failed_at_start
+        assert changed, "no status changed during the listing: the test is moot"
+        cloned = set(platform.clone_counts)
+        assert failed_at_start <= cloned
+        assert max(platform.clone_counts.values()) == 1
+        assert {r.source_task_id for r in result.rows} == cloned
