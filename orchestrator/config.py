@@ -65,9 +65,9 @@ def _read_profile(path: Path, profile: str) -> Credentials | None:
     parser = configparser.ConfigParser(interpolation=None)
     try:
         parser.read(path, encoding="utf-8")
-    except (configparser.Error, UnicodeDecodeError) as exc:
+    except (configparser.Error, UnicodeDecodeError):
         # configparser messages can quote a line, which may hold a token: keep it out.
-        raise ConfigError(f"{path}: not a valid credentials file") from exc
+        raise ConfigError(f"{path}: not a valid credentials file") from None
     if not parser.has_section(profile):
         return None
     section = parser[profile]

@@ -384,8 +384,12 @@ class Ledger:
                 "finish (or stop it) before starting another run on this ledger"
             ) from exc
         self._handle = handle
-        self._trim_torn_tail()
-        self.state = read_ledger(self.path)
+        try:
+            self._trim_torn_tail()
+            self.state = read_ledger(self.path)
+        except BaseException:
+            self.close()
+            raise
 
     def _trim_torn_tail(self) -> None:
         assert self._handle is not None  # noqa: S101 - only called from open()

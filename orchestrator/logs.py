@@ -42,21 +42,22 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
 
 
 class _ScrubKnownSecrets:
-    """Last line of defence: blank out the literal token wherever it appears."""
+    """Last line of defence: blank out the literal token wherever it was rendered.
 
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    It wraps the renderer, so it also covers nested values, reprs and tracebacks.
+    """
+
+    def __init__(self, renderer: Processor, secrets: tuple[str, ...]) -> None:
+        self._renderer = renderer
         self._secrets = tuple(s for s in secrets if len(s) >= 8)
 
-    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        if not self._secrets:
-            return event_dict
-        for key, value in event_dict.items():
-            if isinstance(value, str):
-                for secret in self._secrets:
-                    if secret in value:
-                        value = value.replace(secret, REDACTED)
-                event_dict[key] = value
-        return event_dict
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        text = self._renderer(logger, name, event_dict)
+        if not isinstance(text, str):
+            raise TypeError("the renderer must return str")
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return text
 
 
 def configure_logging(
@@ -76,15 +77,14 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
-        _ScrubKnownSecrets(secrets),
     ]
+    renderer: Processor
     if fmt == "json":
-        processors += [
-            structlog.processors.dict_tracebacks,
-            structlog.processors.JSONRenderer(),
-        ]
+        processors.append(structlog.processors.dict_tracebacks)
+        renderer = structlog.processors.JSONRenderer()
     else:
-        processors.append(structlog.dev.ConsoleRenderer(colors=out.isatty()))
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    processors.append(_ScrubKnownSecrets(renderer, secrets))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -131,7 +131,8 @@ class TaskSpec:
     id: TaskId
     label: str | None = None
     overrides: Overrides = field(default_factory=Overrides)
-    line: int | None = None
+    line: int | None = field(default=None, compare=False)
+    """Where the manifest names it, for messages; not part of its identity."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

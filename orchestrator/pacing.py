@@ -24,6 +24,9 @@ from orchestrator.models import Clock, RateLimit, Sleep
 
 log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
+PLATFORM_WINDOW_S = 300.0
+"""The platform's documented rate-limit window (1000 requests per 5 minutes)."""
+
 _RESET_MARGIN_S = 0.5
 """Reset is whole seconds; waiting a little past it avoids racing the window's turn."""
 
@@ -52,6 +55,8 @@ class RateBudget:
     ) -> None:
         self._own = AsyncLimiter(rate_limit.requests, rate_limit.per_seconds)
         self._window_s = rate_limit.per_seconds
+        # The platform documents a 5-minute window; our own budget may be shorter.
+        self._max_wait_s = max(rate_limit.per_seconds, PLATFORM_WINDOW_S)
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -80,8 +85,12 @@ class RateBudget:
         if self._reset_at is None:  # no window known: let one request find out
             return 0.0
         wait = self._reset_at - self._clock()
-        # A reset further away than one window means the clocks disagree: cap it.
-        return max(0.0, min(wait, self._window_s)) + _RESET_MARGIN_S
+        if wait > self._max_wait_s:
+            # A reset further away than one window means the clocks disagree: trust
+            # one window at most, then let a request find out from the headers.
+            self._reset_at = self._clock() + self._max_wait_s
+            wait = self._max_wait_s
+        return max(0.0, wait) + _RESET_MARGIN_S
 
     async def acquire(self) -> None:
         """Wait until both meters allow one more request, then count it in flight."""

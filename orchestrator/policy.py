@@ -82,7 +82,10 @@ class RetryPolicy:
 
 def backoff(policy: RetryPolicy, failures: int, rng: random.Random) -> float:
     """Seconds before the next try after `failures` (>= 1) transient faults."""
-    exp = policy.wait_initial_s * policy.base ** (failures - 1)
+    try:
+        exp = policy.wait_initial_s * policy.base ** (failures - 1)
+    except OverflowError:  # absurd attempt caps: the cap applies anyway
+        exp = policy.wait_max_s
     return min(policy.wait_max_s, exp + rng.uniform(0, policy.jitter_s))
 
 
