@@ -29,7 +29,7 @@ from orchestrator.manifest import load_manifest
 from orchestrator.models import Manifest
 from orchestrator.planner import Plan
 from orchestrator.progress import Progress
-from orchestrator.report import FORMATS, render
+from orchestrator.report import FORMATS, render, run_summary
 from orchestrator.runner import (
     EXIT_AUTH,
     EXIT_INTERRUPTED,
@@ -320,15 +320,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         wait=args.wait,
     )
-    progress = Progress(what="run", enabled=not (args.no_progress or args.quiet))
+    shown = not (args.no_progress or args.quiet)
+    progress = Progress(what="run", enabled=shown)
+    waiting = Progress(what="wait", enabled=shown)
     try:
         result = _run_async(
             lambda stop: run_manifest(
-                manifest, creds, options, stop=stop, progress=progress
+                manifest,
+                creds,
+                options,
+                stop=stop,
+                progress=progress,
+                wait_progress=waiting,
             )
         )
     finally:
         progress.close()
+        waiting.close()
     summary = result.summary
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items()))
     log.info(
@@ -344,17 +352,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             f"error: the platform refused the token: {summary.fatal}", file=sys.stderr
         )
-    _out(render(result.rows, "table"))
+    ledger = options.ledger_path or manifest.default_ledger_path()
+    _out(run_summary(result.rows, ledger=str(ledger)))
     return result.exit_code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     creds = _credentials(args, None)
-    followed, rows = _run_async(
-        lambda stop: refresh_ledger(
-            args.ledger, creds, wait=args.wait, stop=stop, poll_s=args.poll_seconds
+    waiting = Progress(what="wait", enabled=not (args.no_progress or args.quiet))
+    try:
+        followed, rows = _run_async(
+            lambda stop: refresh_ledger(
+                args.ledger,
+                creds,
+                wait=args.wait,
+                stop=stop,
+                poll_s=args.poll_seconds,
+                progress=waiting,
+            )
         )
-    )
+    finally:
+        waiting.close()
     _out(render(rows, "table"))
     if followed.interrupted:
         return EXIT_INTERRUPTED

@@ -121,7 +121,7 @@ async def follow(
     stop: asyncio.Event,
     sleep: Sleep = asyncio.sleep,
     clock: Clock = time.monotonic,
-    on_poll: Callable[[Counter[str]], None] | None = None,
+    on_poll: Callable[[int, int, Counter[str]], None] | None = None,
 ) -> FollowSummary:
     """Refresh statuses once, or with `wait` until all are terminal or time is up."""
     deadline = clock() + timeout_s
@@ -131,9 +131,10 @@ async def follow(
         calls += await refresh(ledger, client, retrier)
         polls += 1
         counts = Counter(row.status for row in ledger.state.rows.values())
-        if on_poll is not None:
-            on_poll(counts)
         pending = len(followed_rows(ledger))
+        if on_poll is not None:
+            followed = sum(1 for r in ledger.state.rows.values() if r.new_task_id)
+            on_poll(followed - pending, followed, counts)
         tally = {k.lower(): v for k, v in counts.items()}
         log.info("wait.poll", pending=pending, **tally)
         if not wait or pending == 0 or stop.is_set():

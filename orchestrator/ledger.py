@@ -145,9 +145,22 @@ class SourceRow:
             "skip_reason": self.skip_reason,
             "start_time": self.start_time,
             "end_time": self.end_time,
+            "duration_s": _duration_s(self.start_time, self.end_time),
             "price": self.price,
             "updated": self.updated,
         }
+
+
+def _duration_s(start: str | None, end: str | None) -> float | None:
+    """Seconds between two platform timestamps, when both are known."""
+    if not start or not end:
+        return None
+    try:
+        began = datetime.fromisoformat(start.replace("Z", "+00:00"))
+        ended = datetime.fromisoformat(end.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return round((ended - began).total_seconds(), 1)
 
 
 @dataclass(slots=True)

@@ -64,6 +64,7 @@ class RateBudget:
         self._available: int | None = None  # None: unknown, go until a header tells
         self._reset_at: float | None = None
         self._in_flight = 0
+        self._reserve = 0  # requests left for another client seen spending our budget
         self.waits = 0
         self.waited_s = 0.0
 
@@ -80,7 +81,7 @@ class RateBudget:
 
     def _wait_s(self) -> float:
         self._roll_window()
-        if self._available is None or self._available > 0:
+        if self._available is None or self._available > self._reserve:
             return 0.0
         if self._reset_at is None:  # no window known: let one request find out
             return 0.0
@@ -130,7 +131,14 @@ class RateBudget:
         new_window = self._reset_at is None or reset_at > self._reset_at + 1
         if new_window or self._available is None:
             self._available = estimate
+            self._reserve //= 2
         else:
+            # Less left than our own requests explain: another client spends the
+            # same budget. Keep that much in reserve, so its next request and our
+            # last one do not both land on the wall.
+            drift = self._available - estimate - self._in_flight
+            if drift > 0 and self.limit:
+                self._reserve = min(max(self._reserve, drift), self.limit // 10)
             self._available = min(self._available, estimate)
         self._reset_at = reset_at if new_window else max(self._reset_at or 0, reset_at)
 

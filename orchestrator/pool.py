@@ -228,7 +228,7 @@ class Pool:
         except asyncio.CancelledError:
             self._ledger.record(Event.INTERRUPTED, source_id)
             raise
-        except _Fatal:
+        except (_Fatal, _Stopped):
             return Outcome.INTERRUPTED
         self._tally.forbidden_streak = (
             0 if outcome is Outcome.CLONED else (self._tally.forbidden_streak)

@@ -77,3 +77,23 @@ def summary_line(records: Sequence[dict[str, object]]) -> str:
 def status_counts(rows: Iterable[SourceRow]) -> Counter[str]:
     """How many sources per report status."""
     return Counter(row.status for row in rows)
+
+
+def run_summary(rows: Sequence[SourceRow], *, ledger: str, most: int = 10) -> str:
+    """The one-screen summary printed at the end of every run."""
+    records = [row.as_report() for row in rows]
+    lines = [summary_line(records)]
+    failed = [row for row in rows if row.rerun_failed]
+    if failed:
+        lines.append(f"did not complete ({len(failed)}):")
+        for row in failed[:most]:
+            error = _cell(row.as_report(), "error") or row.message or ""
+            name = row.label or row.name or ""
+            lines.append(
+                f"  {row.source_task_id}  {row.status}  {name}  {error}".rstrip()
+            )
+        if len(failed) > most:
+            lines.append(f"  ... and {len(failed) - most} more")
+        lines.append(f"rerun them: cgc-rerun export {ledger} --failed -o retry.yaml")
+    lines.append(f"full report: cgc-rerun report {ledger}")
+    return "\n".join(lines) + "\n"

@@ -165,6 +165,7 @@ async def run_manifest(
     *,
     stop: asyncio.Event | None = None,
     progress: ProgressCallback | None = None,
+    wait_progress: ProgressCallback | None = None,
 ) -> RunResult:
     """Clone (patch, run) every planned source, recording each step; optionally wait."""
     options = options or RunOptions()
@@ -239,6 +240,7 @@ async def run_manifest(
                     window_s=manifest.rate_limit.per_seconds,
                     stop=stop,
                     sleep=options.sleep,
+                    on_poll=wait_progress,
                 )
         ids = [item.source.id for item in plan.items]
         rows = [ledger.state.rows[i] for i in ids if i in ledger.state.rows]
@@ -279,6 +281,7 @@ async def refresh_ledger(
     options: RunOptions | None = None,
     stop: asyncio.Event | None = None,
     poll_s: float | None = None,
+    progress: ProgressCallback | None = None,
 ) -> tuple[FollowSummary, list[SourceRow]]:
     """`status`: bring the ledger's new tasks up to date (and wait for them)."""
     options = options or RunOptions()
@@ -296,6 +299,7 @@ async def refresh_ledger(
                 window_s=RateLimit().per_seconds,
                 stop=stop or asyncio.Event(),
                 sleep=options.sleep,
+                on_poll=progress,
             )
         return followed, list(ledger.state.rows.values())
 

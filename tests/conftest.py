@@ -31,10 +31,15 @@ class FakeTime:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
-        """Advance the clock instead of waiting, then yield to the loop."""
+        """Jump the clock to this sleeper's wake-up time instead of waiting.
+
+        Sleeps that overlap end at the latest wake-up among them, as on a real
+        clock, instead of adding up.
+        """
         self.slept.append(seconds)
-        self.now += max(0.0, seconds)
+        wake = self.now + max(0.0, seconds)
         await asyncio.sleep(0)
+        self.now = max(self.now, wake)
 
 
 @pytest.fixture(autouse=True)

@@ -515,3 +515,34 @@ class TestSelectWhileStatusesChange:
         assert failed_at_start <= cloned
         assert max(platform.clone_counts.values()) == 1
         assert {r.source_task_id for r in result.rows} == cloned
+
+
+class TestSharedBudget:
+    async def test_another_client_on_the_token_causes_no_429_storm(
+        self, fake_time: FakeTime, tmp_path: Path, options: RunOptions
+    ) -> None:
+        """Another script spends a third of the same window: the pool slows down
+        from the headers and sees at most a couple of 429s; every source once."""
+        from orchestrator.simulator import serve
+
+        platform: FakePlatform | None = None
+        looks = {"n": 0, "busy": False}
+
+        def clock_with_competitor() -> float:
+            looks["n"] += 1
+            if platform is not None and not looks["busy"] and looks["n"] % 6 == 0:
+                looks["busy"] = True
+                platform.spend_budget(1)  # the other client's request
+                looks["busy"] = False
+            return fake_time.now
+
+        platform = FakePlatform(clock=clock_with_competitor, rate_limit=(100, 10.0))
+        ids = platform.seed_cohort(PROJECT, failed=300)
+        async with serve(platform) as url:
+            creds = Credentials(endpoint=url, token=platform.token, source="test")
+            opts = dataclasses.replace(options, clock=clock_with_competitor)
+            result = await run(manifest_for(tmp_path, ids), creds, opts)
+        assert result.exit_code == 0
+        assert_ledger_matches_platform(platform, result, ids)
+        assert platform.rate_limited <= 3
+        assert result.summary.rate_limit_pauses >= 3  # it did wait for resets
