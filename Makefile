@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export PYTHONDONTWRITEBYTECODE := 1
+SOURCES := orchestrator tests $(wildcard benchmarks)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,13 +16,13 @@ install: $(VENV)/.installed
 
 .PHONY: format
 format: install
-	$(BIN)/ruff format orchestrator tests benchmarks
-	$(BIN)/ruff check --fix orchestrator tests benchmarks
+	$(BIN)/ruff format $(SOURCES)
+	$(BIN)/ruff check --fix $(SOURCES)
 
 .PHONY: lint
 lint: install
-	$(BIN)/ruff check orchestrator tests benchmarks
-	$(BIN)/ruff format --check orchestrator tests benchmarks
+	$(BIN)/ruff check $(SOURCES)
+	$(BIN)/ruff format --check $(SOURCES)
 
 .PHONY: mypy
 mypy: install
