@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -418,7 +419,8 @@ def cmd_abort(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from orchestrator.simulator import serve_forever
 
-    async def serve(stop: asyncio.Event) -> None:
+    async def serve_until_stopped(stop: asyncio.Event) -> None:
+        """Serve until SIGINT/SIGTERM (handled even where a shell ignores SIGINT)."""
         server = asyncio.ensure_future(
             serve_forever(
                 port=args.port,
@@ -430,15 +432,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 err=sys.stderr,
             )
         )
-        stopper = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({server, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for future in (server, stopper):
-            future.cancel()
-        await asyncio.gather(server, stopper, return_exceptions=True)
-        if server.done() and not server.cancelled() and server.exception():
-            raise server.exception()  # type: ignore[misc]
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({server, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        server.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server  # re-raises a startup error, e.g. a port in use
 
-    _run_async(serve)
+    try:
+        _run_async(serve_until_stopped)
+    except OSError as exc:  # e.g. the port is taken
+        print(
+            f"error: cannot serve on 127.0.0.1:{args.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     return EXIT_OK
 
 

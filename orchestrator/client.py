@@ -168,6 +168,25 @@ class ApiClient:
             self._origin.netloc,
         )
 
+    def _transport_error(
+        self, exc: BaseException, method: str, path: str
+    ) -> TransportError:
+        """No answer: say whether the request may have reached the platform."""
+        if isinstance(exc, TimeoutError):
+            return RequestTimeout(
+                f"{method} {path}: no answer within {self._timeout.total} s",
+                method=method,
+                path=path,
+                sent=not isinstance(exc, aiohttp.ConnectionTimeoutError),
+            )
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            reason, sent = f"cannot connect to {self._origin.netloc}", False
+        else:
+            reason, sent = f"connection lost ({type(exc).__name__})", True
+        return TransportError(
+            f"{method} {path}: {reason}", method=method, path=path, sent=sent
+        )
+
     async def request(
         self,
         method: str,
@@ -198,28 +217,8 @@ class ApiClient:
                 headers = response.headers
                 raw = await response.read()
                 status = response.status
-        except TimeoutError as exc:
-            sent = not isinstance(exc, aiohttp.ConnectionTimeoutError)
-            raise RequestTimeout(
-                f"{method} {path}: no answer within {self._timeout.total} s",
-                method=method,
-                path=path,
-                sent=sent,
-            ) from exc
-        except aiohttp.ClientConnectorError as exc:
-            raise TransportError(
-                f"{method} {path}: cannot connect to {self._origin.netloc}",
-                method=method,
-                path=path,
-                sent=False,
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(
-                f"{method} {path}: connection lost ({type(exc).__name__})",
-                method=method,
-                path=path,
-                sent=True,
-            ) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise self._transport_error(exc, method, path) from exc
         finally:
             if counted:
                 self.budget.release(headers)

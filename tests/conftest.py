@@ -24,10 +24,13 @@ class FakeTime:
     """A clock that only moves when someone sleeps on it: minutes pass in no time."""
 
     now: float = START
-    slept: list[float] = field(default_factory=list)
+    sleeps: list[float] = field(default_factory=list)
 
     def time(self) -> float:
         """The fake Unix time."""
+        return self.now
+
+    def __call__(self) -> float:
         return self.now
 
     async def sleep(self, seconds: float) -> None:
@@ -36,7 +39,7 @@ class FakeTime:
         Sleeps that overlap end at the latest wake-up among them, as on a real
         clock, instead of adding up.
         """
-        self.slept.append(seconds)
+        self.sleeps.append(seconds)
         wake = self.now + max(0.0, seconds)
         await asyncio.sleep(0)
         self.now = max(self.now, wake)

@@ -818,3 +818,50 @@ class TestHelp:
         if not readme.is_file() or not readme.read_text(encoding="utf-8").strip():
             pytest.skip("README.md is not written yet")
         assert f"cgc-rerun {command}" in readme.read_text(encoding="utf-8")
+
+
+class TestSimulate:
+    def test_simulate_prints_exports_serves_and_stops_on_sigint(
+        self, tmp_path: Path
+    ) -> None:
+        """`simulate` prints two eval-able lines, answers with that token, and a
+        SIGINT stops it with exit 0; a taken port is a clear exit 2."""
+        import signal
+        import subprocess
+        import urllib.request
+
+        argv = [sys.executable, "-m", "orchestrator", "simulate", "--port", "0"]
+        argv += ["--latency-ms", "0", "--tasks", "7"]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline().decode() for _ in range(2)]
+            exports = dict(
+                line.removeprefix("export ").strip().split("=", 1) for line in lines
+            )
+            url = exports["SB_API_ENDPOINT"]
+            request = urllib.request.Request(  # noqa: S310 - loopback http
+                f"{url}/tasks?project={SIM_PROJECT}",
+                headers={"X-SBG-Auth-Token": exports["SB_AUTH_TOKEN"]},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+                assert response.headers["X-Total-Matching-Query"] == "7"
+            port = url.split(":")[2].split("/")[0]
+            taken = subprocess.run(
+                [*argv[:4], "--port", port],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+            assert taken.returncode == 2
+            assert "cannot serve" in taken.stderr
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()

@@ -16,27 +16,12 @@ import pytest
 
 from orchestrator.models import RateLimit
 from orchestrator.pacing import RateBudget, parse_reset
+from tests.conftest import START as T0
+from tests.conftest import FakeTime
 
-T0 = 1_800_000_000.0
 MARGIN = 0.5  # pacing._RESET_MARGIN_S
 JITTER_MAX = 0.25
 SEED = 3
-
-
-class FakeTime:
-    """A clock that moves only when the fake sleep is awaited."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += delay
-        await asyncio.sleep(0)
 
 
 def make_budget(time: FakeTime, *, window_s: float = 300) -> RateBudget:

@@ -29,8 +29,8 @@ from orchestrator.errors import (
 from orchestrator.models import RateLimit
 from orchestrator.pacing import RateBudget
 from orchestrator.policy import Retrier, RetryPolicy, Verdict, backoff, classify
-
-T0 = 1_800_000_000.0
+from tests.conftest import START as T0
+from tests.conftest import FakeTime
 
 
 class RecordingSleep:
@@ -41,22 +41,6 @@ class RecordingSleep:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
-        await asyncio.sleep(0)
-
-
-class FakeClock:
-    """A wall clock that only moves when a test (or a fake sleep) moves it."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += delay
         await asyncio.sleep(0)
 
 
@@ -219,14 +203,14 @@ def retrier(
     sleep: RecordingSleep,
     *,
     budget: RateBudget | None = None,
-    clock: FakeClock | None = None,
+    clock: FakeTime | None = None,
     seed: int = 7,
 ) -> Retrier:
     return Retrier(
         policy,
         budget=budget,
         sleep=sleep,
-        clock=clock or FakeClock(),
+        clock=clock or FakeTime(),
         rng=random.Random(seed),
     )
 
@@ -303,7 +287,7 @@ class TestRetrierRead:
 
     async def test_429_exhausts_the_shared_budget(self) -> None:
         """A 429 hands its reset to the budget, which gates the resend."""
-        clock = FakeClock()
+        clock = FakeTime()
         budget = RateBudget(
             RateLimit(requests=10**6, per_seconds=300),
             clock=clock,
@@ -337,7 +321,7 @@ class TestRetrierRead:
 
     async def test_429_marks_budget_exhausted_until_reset(self) -> None:
         """After a 429 the budget believes nothing remains until the given reset."""
-        clock = FakeClock()
+        clock = FakeTime()
         budget = RateBudget(
             RateLimit(requests=10**6, per_seconds=300), clock=clock, sleep=clock.sleep
         )
@@ -350,7 +334,7 @@ class TestRetrierRead:
 
     async def test_429_is_not_a_failed_attempt(self) -> None:
         """429s between 5xx do not use up the attempt cap."""
-        clock = FakeClock()
+        clock = FakeTime()
         budget = RateBudget(
             RateLimit(requests=10**6, per_seconds=300), clock=clock, sleep=clock.sleep
         )
@@ -369,7 +353,7 @@ class TestRetrierRead:
 
     async def test_429_without_budget_sleeps_until_reset(self) -> None:
         """With no shared budget the Retrier sleeps until the reset itself (>= 1 s)."""
-        clock = FakeClock()
+        clock = FakeTime()
         sleep = RecordingSleep()
         call = Script(
             rate_limited(T0 + 30), rate_limited(T0 - 5), rate_limited(None), "ok"
