@@ -6,8 +6,6 @@ The public API is what a script or an Airflow task needs; see the README's
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
 from orchestrator.config import Credentials, resolve_credentials
 from orchestrator.errors import (
     ApiError,
@@ -35,10 +33,18 @@ from orchestrator.runner import (
     run_manifest,
 )
 
-try:
-    __version__ = version("cgc-rerun")
-except PackageNotFoundError:  # a source tree that was not installed
-    __version__ = "0.0.0"
+
+def __getattr__(name: str) -> str:
+    """`__version__`, looked up on first use: importlib.metadata is slow to import."""
+    if name != "__version__":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cgc-rerun")
+    except PackageNotFoundError:  # a source tree that was not installed
+        return "0.0.0"
+
 
 __all__ = [
     "Action",

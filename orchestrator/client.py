@@ -12,7 +12,6 @@ import asyncio
 import json
 import platform as _platform
 from collections.abc import AsyncIterator, Mapping, Sequence
-from importlib.metadata import PackageNotFoundError, version
 from types import TracebackType
 from typing import Self
 from urllib.parse import quote, urlsplit
@@ -47,6 +46,8 @@ Json = dict[str, object]
 
 
 def _user_agent() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         ours = version("cgc-rerun")
     except PackageNotFoundError:  # running from a source tree

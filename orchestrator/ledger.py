@@ -422,6 +422,12 @@ class Ledger:
         self, event: Event, source_task_id: str | None, **fields: object
     ) -> None:
         """Append one event, flushed before returning (synchronous on purpose)."""
+        self.defer(event, source_task_id, **fields)
+        self.flush()
+
+    def defer(self, event: Event, source_task_id: str | None, **fields: object) -> None:
+        """Append one event without flushing: only for lines no request depends on
+        (the plan, written before the first request); `flush()` writes them out."""
         if self._handle is None:
             raise LedgerError(f"{self.path}: ledger is not open")
         now = self._clock()
@@ -436,13 +442,23 @@ class Ledger:
         line = json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n"
         try:
             self._handle.write(line.encode("utf-8"))
+        except OSError as exc:
+            raise LedgerError(f"{self.path}: cannot append ({exc.strerror})") from exc
+        self.state.apply(entry)
+
+    def flush(self) -> None:
+        """Hand what was written to the OS (it survives a kill -9); fsync at most once
+        a second (it survives a machine crash too)."""
+        if self._handle is None:
+            return
+        now = self._clock()
+        try:
             self._handle.flush()
             if now - self._last_fsync >= _FSYNC_INTERVAL_S:
                 os.fsync(self._handle.fileno())
                 self._last_fsync = now
         except OSError as exc:
             raise LedgerError(f"{self.path}: cannot append ({exc.strerror})") from exc
-        self.state.apply(entry)
 
     def close(self) -> None:
         """fsync, unlock and close."""

@@ -27,8 +27,12 @@ log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 PLATFORM_WINDOW_S = 300.0
 """The platform's documented rate-limit window (1000 requests per 5 minutes)."""
 
-_RESET_MARGIN_S = 0.5
-"""Reset is whole seconds; waiting a little past it avoids racing the window's turn."""
+_RESET_MARGIN_S = 0.1
+"""Reset is whole seconds, rounded up: a little past it the window has surely turned
+(on an NTP-synced clock). Coming too early costs one 429 and a short wait, no more."""
+
+_RESET_JITTER_S = 0.1
+"""Spread of the wake-ups after a pause, so that workers do not all resume at once."""
 
 
 def parse_reset(value: str | float | int | None) -> float | None:
@@ -104,7 +108,7 @@ class RateBudget:
                 remaining=self._available,
                 in_flight=self._in_flight,
             )
-            await self._sleep(wait + self._rng.uniform(0, 0.25))
+            await self._sleep(wait + self._rng.uniform(0, _RESET_JITTER_S))
             self._roll_window()
         await self._own.acquire()
         if self._available is not None:

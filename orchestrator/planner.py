@@ -6,11 +6,12 @@ IDs (100 per call). The plan is what `plan` prints and what `run` executes.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import math
 from collections import Counter
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -180,14 +181,58 @@ async def _list_all(
 
 
 async def bulk_read(
-    client: ApiClient, retrier: Retrier, ids: Sequence[TaskId]
+    client: ApiClient,
+    retrier: Retrier,
+    ids: Sequence[TaskId],
+    *,
+    concurrency: int = 1,
 ) -> list[Json | ApiStatusError]:
-    """Read many tasks, 100 per call, results in the order of `ids`."""
-    out: list[Json | ApiStatusError] = []
-    for start in range(0, len(ids), BULK_LIMIT):
-        chunk = ids[start : start + BULK_LIMIT]
-        out.extend(await retrier.read(lambda chunk=chunk: client.bulk_get(chunk)))  # type: ignore[misc]
-    return out
+    """Read many tasks, 100 per call and `concurrency` calls at a time, in order."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def read(chunk: Sequence[TaskId]) -> list[Json | ApiStatusError]:
+        async with gate:
+            found = await retrier.read(functools.partial(client.bulk_get, chunk))
+        return [
+            item if isinstance(item, ApiStatusError) else slim(item) for item in found
+        ]
+
+    chunks = [ids[i : i + BULK_LIMIT] for i in range(0, len(ids), BULK_LIMIT)]
+    results = await asyncio.gather(*(read(chunk) for chunk in chunks))
+    return [item for chunk in results for item in chunk]
+
+
+_SOURCE_FIELDS = (
+    "id",
+    "name",
+    "app",
+    "project",
+    "status",
+    "batch",
+    "parent",
+    "inputs",
+    "execution_settings",
+    "use_interruptible_instances",
+    "created_by",
+    "created_time",
+)
+"""What planning, guards, reconciliation and patches use of a source task."""
+
+
+def slim(task: Json) -> Json:
+    """Keep only the fields a source needs: a 100,000-source plan stays small."""
+    return {key: task[key] for key in _SOURCE_FIELDS if key in task}
+
+
+def needs_read(row: SourceRow | None, *, retry_failed: bool) -> bool:
+    """Whether planning must read a source, or the ledger already settles it."""
+    if row is None:
+        return True
+    if row.new_task_id is not None:
+        return bool(row.steps_left) or (retry_failed and row.rerun_failed)
+    if row.phase is Phase.CLONE_FAILED:
+        return retry_failed
+    return True  # planned, uncertain, skipped: look again
 
 
 async def resolve_sources(
@@ -195,14 +240,17 @@ async def resolve_sources(
     client: ApiClient,
     retrier: Retrier,
     *,
-    own_clones: Container[str] = frozenset(),
+    ledger: LedgerState | None = None,
+    retry_failed: bool = False,
 ) -> tuple[list[Source], int]:
     """Explicit tasks first (manifest order), then the query's, de-duplicated.
 
-    A query never selects `own_clones`, the tasks this ledger created: run again, a
-    "FAILED tasks of project X" manifest must not rerun its own failed reruns.
-    Returns the sources and the number of read requests spent.
+    A query never selects the tasks this ledger created: run again, a "FAILED tasks
+    of project X" manifest must not rerun its own failed reruns. Explicit sources the
+    ledger already settles are not read again (a resumed 100,000-source run costs no
+    bulk reads for what is done). Returns the sources and the read requests spent.
     """
+    state = ledger or LedgerState()
     reads = _ReadCounter()
     selected: dict[str, Json] = {}
     excluded = 0
@@ -211,22 +259,29 @@ async def resolve_sources(
             task_id = task.get("id")
             if not isinstance(task_id, str):
                 continue
-            if task_id in own_clones:
+            if task_id in state.attributed:
                 excluded += 1
                 continue
-            selected.setdefault(task_id, task)
+            selected.setdefault(task_id, slim(task))
     if excluded:
         log.info("plan.own_clones_excluded", count=excluded)
     specs: dict[str, TaskSpec] = {spec.id: spec for spec in manifest.tasks}
-    to_read = [TaskId(i) for i in specs if i not in selected]
-    read_back = await bulk_read(client, retrier, to_read)
+    to_read = [
+        TaskId(i)
+        for i in specs
+        if i not in selected
+        and needs_read(state.rows.get(i), retry_failed=retry_failed)
+    ]
+    read_back = await bulk_read(
+        client, retrier, to_read, concurrency=manifest.concurrency
+    )
     reads.count += math.ceil(len(to_read) / BULK_LIMIT)
     results: dict[str, Json | ApiStatusError] = dict(
         zip(to_read, read_back, strict=True)
     )
     sources: list[Source] = []
     for spec in manifest.tasks:
-        found = selected.get(spec.id) or results[spec.id]
+        found = selected.get(spec.id) or results.get(spec.id)
         sources.append(_source(manifest, spec, found))
     for task_id, task in selected.items():
         if task_id not in specs:
@@ -235,7 +290,10 @@ async def resolve_sources(
     return sources, reads.count
 
 
-def _source(manifest: Manifest, spec: TaskSpec, found: Json | ApiStatusError) -> Source:
+def _source(
+    manifest: Manifest, spec: TaskSpec, found: Json | ApiStatusError | None
+) -> Source:
+    """A source as read (`found`), or as the ledger settles it (None: not read)."""
     overrides = manifest.overrides.merged_with(spec.overrides)
     if isinstance(found, ApiStatusError):
         return Source(

@@ -173,13 +173,16 @@ class Pool:
             source = item.source
             task = source.task or {}
             if item.disposition is Disposition.SKIP:
-                self._ledger.record(
-                    Event.SKIPPED, source.id, reason=item.reason, label=source.label
+                self._ledger.defer(
+                    Event.SKIPPED,
+                    source.id,
+                    reason=item.reason,
+                    label=source.label,
                 )
                 self._finish(Outcome.SKIPPED)
             elif item.disposition is Disposition.UNREADABLE:
                 error = source.read_error
-                self._ledger.record(
+                self._ledger.defer(
                     Event.CLONE_FAILED,
                     source.id,
                     label=source.label,
@@ -190,7 +193,7 @@ class Pool:
             elif item.disposition is Disposition.DONE:
                 self._finish(Outcome.DONE)
             else:
-                self._ledger.record(
+                self._ledger.defer(
                     Event.PLANNED,
                     source.id,
                     label=source.label,
@@ -202,6 +205,7 @@ class Pool:
                     overrides=source.overrides.as_dict() or None,
                 )
                 work.append(item)
+        self._ledger.flush()
         return work
 
     def _finish(self, outcome: Outcome, total: int | None = None) -> None:

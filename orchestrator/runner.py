@@ -176,7 +176,11 @@ async def run_manifest(
         async with _open_session(credentials, manifest.rate_limit, options) as session:
             client, retrier = session.client, session.retrier
             sources, reads = await resolve_sources(
-                manifest, client, retrier, own_clones=ledger.state.attributed
+                manifest,
+                client,
+                retrier,
+                ledger=ledger.state,
+                retry_failed=options.retry_failed,
             )
             plan = plan_sources(
                 manifest,

@@ -343,7 +343,7 @@ class TestSafety:
         assert "anchors and aliases" in str(error)
 
     def test_oversized_text_is_refused(self) -> None:
-        """More than 1 MiB is refused before parsing, saying the size and the cap."""
+        """Past the cap (16 MiB) is refused before parsing, saying the size and cap."""
         text = "version: 1\n" + "#" * MAX_MANIFEST_BYTES
         with pytest.raises(ManifestError) as info:
             parse_manifest(text, path=PATH)
@@ -361,7 +361,7 @@ class TestSafety:
             load_manifest(path)
         assert str(info.value).startswith(f"{path}: ")
         assert "2,147,483,648 bytes" in str(info.value)
-        assert "1 MiB" in str(info.value)
+        assert "16 MiB" in str(info.value)
 
     def test_deep_nesting_is_refused(self) -> None:
         """Nesting deeper than any manifest needs is an error, not a RecursionError."""

@@ -14,13 +14,14 @@ import random
 
 import pytest
 
+from orchestrator import pacing
 from orchestrator.models import RateLimit
 from orchestrator.pacing import RateBudget, parse_reset
 from tests.conftest import START as T0
 from tests.conftest import FakeTime
 
-MARGIN = 0.5  # pacing._RESET_MARGIN_S
-JITTER_MAX = 0.25
+MARGIN = pacing._RESET_MARGIN_S
+JITTER_MAX = pacing._RESET_JITTER_S
 SEED = 3
 
 

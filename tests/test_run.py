@@ -97,9 +97,11 @@ class TestCleanRun:
         ids = platform.seed_cohort(PROJECT, failed=12)
         path = manifest_for(tmp_path, ids)
         await run(path, creds, options)
+        reads = platform.count("POST /bulk/tasks/get")
         again = await run(path, creds, options)
         assert again.summary.outcomes == {"done": 12}
         assert sum(platform.clone_counts.values()) == 12
+        assert platform.count("POST /bulk/tasks/get") == reads  # the ledger settles it
 
     async def test_ledger_lines_are_whole_and_intent_precedes_outcome(
         self,
