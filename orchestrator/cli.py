@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sys
@@ -267,7 +266,9 @@ def _load(path: Path) -> Manifest:
 
 def _print_plan(plan: Plan, fmt: str) -> None:
     if fmt == "json":
-        _out(json.dumps(plan.as_json(), indent=2) + "\n")
+        for piece in plan.iter_json():
+            sys.stdout.write(piece)
+        sys.stdout.flush()
         return
     lines = ["Plan", f"  sources: {len(plan.items)}"]
     lines += [f"  {name}: {count}" for name, count in sorted(plan.counts.items())]

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import structlog
@@ -112,9 +113,17 @@ class Plan:
         windows = math.ceil((needed - self.remaining) / max(1, self.limit))
         return self.reset_in_s + (windows - 1) * self.window_s
 
-    def as_json(self) -> dict[str, object]:
+    def iter_json(self) -> Iterator[str]:
+        """`plan --format json` in pieces: a 100,000-source plan is never one string."""
+        head = json.dumps(self.as_json(with_sources=False), indent=2)
+        yield head[: head.rindex("}")].rstrip() + ',\n  "sources": ['
+        for number, item in enumerate(self.items):
+            yield ("," if number else "") + "\n    " + json.dumps(item.as_json())
+        yield "\n  ]\n}\n"
+
+    def as_json(self, *, with_sources: bool = True) -> dict[str, object]:
         """`plan --format json`: the exact sources, for a scheduler to review."""
-        return {
+        summary: dict[str, object] = {
             "counts": dict(self.counts),
             "read_requests": self.read_requests,
             "write_requests": self.write_requests,
@@ -124,8 +133,10 @@ class Plan:
                 "reset_in_s": round(self.reset_in_s, 1),
             },
             "estimated_seconds": round(self.estimated_s, 1),
-            "sources": [i.as_json() for i in self.items],
         }
+        if with_sources:
+            summary["sources"] = [i.as_json() for i in self.items]
+        return summary
 
 
 def steps_for(action: Action, overrides: Overrides) -> tuple[str, ...]:
