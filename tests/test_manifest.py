@@ -365,11 +365,19 @@ class TestSafety:
 
     def test_deep_nesting_is_refused(self) -> None:
         """Nesting deeper than any manifest needs is an error, not a RecursionError."""
-        text = f"version: 1\ntasks: [{ID_A}]\noverrides: {{inputs: {{x: {'[' * 5000}"
-        text += "]" * 5000 + "}}\n"
+        text = f"version: 1\ntasks: [{ID_A}]\noverrides: {{inputs: {{x: {'[' * 100}"
+        text += "]" * 100 + "}}\n"
         error = _error(text)
         assert str(error).startswith(f"{PATH}:3: overrides.inputs.x[0]")
         assert "levels deep" in str(error)
+
+    def test_very_deep_nesting_is_refused_by_the_parser(self) -> None:
+        """5,000 levels: refused (by libyaml's own bound, or ours), naming the line."""
+        text = f"version: 1\ntasks: [{ID_A}]\noverrides: {{inputs: {{x: {'[' * 5000}"
+        text += "]" * 5000 + "}}\n"
+        error = _error(text)
+        assert str(error).startswith(f"{PATH}:3: overrides.inputs.x")
+        assert "nesting depth" in str(error) or "levels deep" in str(error)
 
 
 class TestKeys:
