@@ -29,7 +29,7 @@ from orchestrator.manifest import load_manifest
 from orchestrator.models import Manifest
 from orchestrator.planner import Plan
 from orchestrator.progress import Progress
-from orchestrator.report import FORMATS, render, run_summary
+from orchestrator.report import FORMATS, iter_render, render, run_summary
 from orchestrator.runner import (
     EXIT_AUTH,
     EXIT_INTERRUPTED,
@@ -382,12 +382,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    text = render(read_rows(args.ledger), args.format)
+    pieces = iter_render(read_rows(args.ledger), args.format)
     if args.output:
-        args.output.write_text(text, encoding="utf-8")
+        try:
+            with args.output.open("w", encoding="utf-8", newline="") as out:
+                out.writelines(pieces)
+        except OSError as exc:
+            raise ConfigError(f"{args.output}: cannot write ({exc.strerror})") from exc
         print(f"wrote {args.output}", file=sys.stderr)
     else:
-        _out(text)
+        sys.stdout.writelines(pieces)
+        sys.stdout.flush()
     return EXIT_OK
 
 

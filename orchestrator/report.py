@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from orchestrator.ledger import SourceRow
 
@@ -30,22 +30,55 @@ def _cell(row: dict[str, object], column: str) -> str:
 
 
 def render(rows: Iterable[SourceRow], fmt: str) -> str:
-    """The `report` command's output for one of FORMATS."""
-    records = [row.as_report() for row in rows]
+    """The `report` command's output for one of FORMATS, as one string."""
+    return "".join(iter_render(rows, fmt))
+
+
+def iter_render(rows: Iterable[SourceRow], fmt: str) -> Iterator[str]:
+    """The `report` output in pieces: json and csv stream row by row, so that a
+    100,000-source report never holds its whole text (table and markdown align
+    their columns, so they render at once)."""
     if fmt == "json":
-        return json.dumps(records, indent=2, ensure_ascii=False) + "\n"
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(records[0]) if records else [])
-        writer.writeheader()
-        for record in records:
-            writer.writerow(
-                {
-                    k: json.dumps(v) if isinstance(v, dict | list) else v
-                    for k, v in record.items()
-                }
-            )
-        return out.getvalue()
+        yield from _iter_json(rows)
+    elif fmt == "csv":
+        yield from _iter_csv(rows)
+    else:
+        yield _render_text(rows, fmt)
+
+
+def _iter_json(rows: Iterable[SourceRow]) -> Iterator[str]:
+    """Exactly `json.dumps(records, indent=2)`, one record at a time."""
+    first = True
+    for row in rows:
+        record = json.dumps(row.as_report(), indent=2, ensure_ascii=False)
+        yield ("[\n  " if first else ",\n  ") + record.replace("\n", "\n  ")
+        first = False
+    yield "[]\n" if first else "\n]\n"
+
+
+def _iter_csv(rows: Iterable[SourceRow]) -> Iterator[str]:
+    out = io.StringIO()
+    writer: csv.DictWriter[str] | None = None
+    for row in rows:
+        record = row.as_report()
+        if writer is None:
+            writer = csv.DictWriter(out, fieldnames=list(record))
+            writer.writeheader()
+        writer.writerow(
+            {
+                k: json.dumps(v) if isinstance(v, dict | list) else v
+                for k, v in record.items()
+            }
+        )
+        yield out.getvalue()
+        out.seek(0)
+        out.truncate()
+    if writer is None:
+        yield "\r\n"  # what an empty DictWriter header writes
+
+
+def _render_text(rows: Iterable[SourceRow], fmt: str) -> str:
+    records = [row.as_report() for row in rows]
     table = [[_cell(r, c) for c in _COLUMNS] for r in records]
     if fmt == "markdown":
         lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]

@@ -557,3 +557,28 @@ class TestRoundTrip:
             assert state.runs == written.runs
             assert state.lines == written.lines == len(records)
             assert state.run_info == written.run_info
+
+
+class TestReportStreaming:
+    @pytest.mark.parametrize("count", [0, 1, 3])
+    def test_streamed_json_is_exactly_the_whole_dump(self, count: int) -> None:
+        """`report --format json` streams byte for byte what one json.dumps gives."""
+        import json
+
+        from orchestrator.report import render
+
+        state = LedgerState()
+        for n in range(count):
+            state.apply(
+                {
+                    "event": "skipped",
+                    "source_task_id": f"s{n}",
+                    "reason": "ü|x",
+                    "ts": "t",
+                }
+            )
+        rows = list(state.rows.values())
+        expected = json.dumps(
+            [r.as_report() for r in rows], indent=2, ensure_ascii=False
+        )
+        assert render(rows, "json") == expected + "\n"
