@@ -40,15 +40,18 @@ async def _demo(*, progress: bool, workdir: Path) -> int:
         )
         _say(f"simulator: {url}, project {SIM_PROJECT}; ledger: {ledger}")
         bar = Progress(what="run", enabled=progress)
+        waiting = Progress(what="wait", enabled=progress)
         try:
             first = await run_manifest(
                 manifest,
                 credentials,
                 RunOptions(ledger_path=ledger, wait=True),
                 progress=bar,
+                wait_progress=waiting,
             )
         finally:
             bar.close()
+            waiting.close()
         sys.stdout.write(render(first.rows, "table"))
         _say(
             f"first pass: {first.summary.requests} API requests for "

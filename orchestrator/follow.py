@@ -136,7 +136,7 @@ async def follow(
             followed = sum(1 for r in ledger.state.rows.values() if r.new_task_id)
             on_poll(followed - pending, followed, counts)
         tally = {k.lower(): v for k, v in counts.items()}
-        log.info("wait.poll", pending=pending, **tally)
+        log.debug("wait.poll", pending=pending, **tally)
         if not wait or pending == 0 or stop.is_set():
             break
         if clock() >= deadline:

@@ -39,6 +39,8 @@ class Progress:
             if final or now - self._last >= _DRAW_EVERY_S:
                 self._last = now
                 self._draw(done, total, counts, elapsed)
+            if final:
+                self.close()  # what follows (logs, the next phase) starts afresh
         elif final or now - self._last >= _LOG_EVERY_S:
             self._last = now
             log.info(
@@ -56,11 +58,11 @@ class Progress:
         filled = int(width * done / total) if total else width
         bar = "#" * filled + "." * (width - filled)
         rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else 0.0
+        left = f", ~{(total - done) / rate:.0f}s left" if rate > 0 else ""
         tally = " ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         self._stream.write(
             f"\r{self._what} [{bar}] {done}/{total}  {tally}  "
-            f"{elapsed:.0f}s elapsed, ~{eta:.0f}s left\x1b[K"
+            f"{elapsed:.0f}s elapsed{left}\x1b[K"
         )
         self._stream.flush()
         self._drawn = True
