@@ -120,7 +120,7 @@ class Pool:
         retrier: Retrier,
         reconciler: Reconciler,
         stop: asyncio.Event,
-        progress: ProgressCallback = _no_progress,
+        progress: ProgressCallback | None = None,
         clock: Clock = time.time,
     ) -> None:
         self._client = client
@@ -128,7 +128,7 @@ class Pool:
         self._retrier = retrier
         self._reconciler = reconciler
         self._stop = stop
-        self._progress = progress
+        self._progress = progress or _no_progress
         self._clock = clock
         self._tally = _Tally()
         self._fatal: ApiError | None = None

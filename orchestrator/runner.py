@@ -217,7 +217,7 @@ async def run_manifest(
                     client, retrier, ledger, username=session.username
                 ),
                 stop=stop,
-                progress=progress or _silent,
+                progress=progress,
                 **clock_kw,
             )
             summary = await pool.run(plan, concurrency=concurrency)
@@ -249,10 +249,6 @@ async def run_manifest(
         ids = [item.source.id for item in plan.items]
         rows = [ledger.state.rows[i] for i in ids if i in ledger.state.rows]
     return RunResult(summary=summary, rows=rows, followed=followed)
-
-
-def _silent(done: int, total: int, counts: object) -> None:
-    del done, total, counts
 
 
 def _ledger_endpoint_check(ledger: Ledger, credentials: Credentials) -> None:
