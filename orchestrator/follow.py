@@ -15,7 +15,7 @@ import structlog
 from orchestrator.client import BULK_LIMIT, ApiClient, Json
 from orchestrator.errors import ApiError, ApiStatusError, error_record
 from orchestrator.ledger import Event, Ledger, SourceRow
-from orchestrator.models import ABORTABLE_STATUSES, Clock, Sleep, TaskId
+from orchestrator.models import ABORTABLE_STATUSES, Clock, Sleep, TaskId, TaskStatus
 from orchestrator.policy import Retrier
 
 log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
@@ -131,7 +131,9 @@ async def follow(
         calls += await refresh(ledger, client, retrier)
         polls += 1
         counts = Counter(row.status for row in ledger.state.rows.values())
-        pending = len(followed_rows(ledger))
+        pending = sum(  # a DRAFT (refused run, or action: draft) never moves alone
+            1 for r in followed_rows(ledger) if r.platform_status != TaskStatus.DRAFT
+        )
         if on_poll is not None:
             followed = sum(1 for r in ledger.state.rows.values() if r.new_task_id)
             on_poll(followed - pending, followed, counts)

@@ -250,6 +250,8 @@ def _fold_cloned(row: SourceRow, entry: dict[str, object]) -> None:
 def _fold_reconciled(row: SourceRow, entry: dict[str, object]) -> None:
     if entry.get("new_task_id") is None:
         row.phase = Phase.PLANNED  # nothing was created: safe to send again
+    elif row.phase is Phase.INTENT:
+        row.phase, row.via = Phase.CLONED, "reconciled"  # even if CLONED is torn off
 
 
 def _fold_error(phase: Phase) -> _Folder:
@@ -409,12 +411,18 @@ class Ledger:
         size = self._handle.seek(0, os.SEEK_END)
         if size == 0:
             return
-        self._handle.seek(max(0, size - 65536))
-        tail = self._handle.read()
-        if tail.endswith(b"\n"):
+        self._handle.seek(size - 1)
+        if self._handle.read(1) == b"\n":
             return
-        cut = tail.rfind(b"\n")
-        keep = size - len(tail) + cut + 1 if cut >= 0 else 0
+        keep, end = 0, size
+        while end > 0:
+            start = max(0, end - 65536)
+            self._handle.seek(start)
+            cut = self._handle.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
         log.warning("ledger.torn_line_trimmed", path=str(self.path), bytes=size - keep)
         self._handle.truncate(keep)
 

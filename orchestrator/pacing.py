@@ -68,6 +68,7 @@ class RateBudget:
         self._available: int | None = None  # None: unknown, go until a header tells
         self._reset_at: float | None = None
         self._in_flight = 0
+        self._skew_s = 0.0  # how far our clock runs ahead of the platform's
         self._reserve = 0  # requests left for another client seen spending our budget
         self.waits = 0
         self.waited_s = 0.0
@@ -130,6 +131,7 @@ class RateBudget:
             self.limit = int(limit)
         if remaining is None or not remaining.lstrip("-").isdigit() or reset_at is None:
             return
+        reset_at += self._skew_s  # the platform's reset, on our clock
         # Other requests of ours are in flight: the platform will count them too.
         estimate = int(remaining) - self._in_flight
         new_window = self._reset_at is None or reset_at > self._reset_at + 1
@@ -149,8 +151,13 @@ class RateBudget:
     def exhausted(self, reset_at: float | None) -> None:
         """A 429 arrived: nothing remains until `reset_at`."""
         self._available = 0
+        now = self._clock()
+        if reset_at is not None and reset_at <= now:
+            # The platform says the window turned, our clock says it has passed:
+            # the clocks disagree. Learn by how much instead of resending at once.
+            self._skew_s = max(self._skew_s, now - reset_at + 1.0)
         if reset_at is not None:
-            self._reset_at = reset_at
+            self._reset_at = reset_at + self._skew_s
         elif self._reset_at is None:
             self._reset_at = self._clock() + self._window_s
 

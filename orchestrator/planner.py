@@ -23,6 +23,7 @@ from orchestrator.ledger import LedgerState, Phase, SourceRow
 from orchestrator.models import Action, Manifest, Overrides, TaskId, TaskSpec
 from orchestrator.pacing import RateBudget
 from orchestrator.policy import Retrier
+from orchestrator.reconcile import is_clone_of
 
 log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
@@ -294,9 +295,22 @@ async def resolve_sources(
     for spec in manifest.tasks:
         found = selected.get(spec.id) or results.get(spec.id)
         sources.append(_source(manifest, spec, found))
+    # A select must not pick up the clone a stopped run sent but never recorded: it
+    # is reconciled (and attributed) below, never cloned as a source of its own.
+    known: dict[str, Json] = dict(selected)
+    known.update({s.id: s.task for s in sources if s.task is not None})
+    uncertain = {
+        i: t
+        for i, t in known.items()
+        if i in state.rows and state.rows[i].phase is Phase.INTENT
+    }
     for task_id, task in selected.items():
-        if task_id not in specs:
-            sources.append(_source(manifest, TaskSpec(id=TaskId(task_id)), task))
+        if task_id in specs:
+            continue
+        if any(is_clone_of(task, t) for i, t in uncertain.items() if i != task_id):
+            log.info("plan.maybe_own_clone_deferred", task_id=task_id)
+            continue
+        sources.append(_source(manifest, TaskSpec(id=TaskId(task_id)), task))
     log.info("plan.sources_resolved", sources=len(sources), read_requests=reads.count)
     return sources, reads.count
 

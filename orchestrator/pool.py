@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import functools
+import json
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -132,6 +133,15 @@ class Pool:
         self._clock = clock
         self._tally = _Tally()
         self._fatal: ApiError | None = None
+        self._alike: dict[str, asyncio.Lock] = {}
+
+    def _alike_lock(self, task: Json) -> asyncio.Lock:
+        """One clone or reconciliation at a time among sources no clone tells apart."""
+        key = json.dumps(
+            [task.get(k) for k in ("project", "name", "app", "inputs")],
+            sort_keys=True,
+        )
+        return self._alike.setdefault(key, asyncio.Lock())
 
     async def run(self, plan: Plan, *, concurrency: int) -> RunSummary:
         """Process every planned source with `concurrency` workers."""
@@ -228,12 +238,23 @@ class Pool:
     async def _process(self, item: PlannedSource) -> Outcome:
         source_id = item.source.id
         try:
-            outcome = await self._steps(item)
+            async with self._alike_lock(item.source.task or {}):
+                outcome = await self._steps(item)
         except asyncio.CancelledError:
             self._ledger.record(Event.INTERRUPTED, source_id)
             raise
         except (_Fatal, _Stopped):
             return Outcome.INTERRUPTED
+        except ApiError as error:
+            # A read around a step (reconcile, resume) gave up: record it and go on;
+            # the row keeps its phase, so an uncertain clone is reconciled next run.
+            self._ledger.record(Event.INTERRUPTED, source_id, error=error_record(error))
+            log.warning("source.failed", error=str(error))
+            if isinstance(error, AuthError) and error.status == 401:
+                self._fatal = error  # the token itself is refused: stop the run
+                self._stop.set()
+                return Outcome.INTERRUPTED
+            return Outcome.FAILED
         self._tally.forbidden_streak = (
             0 if outcome is Outcome.CLONED else (self._tally.forbidden_streak)
         )

@@ -88,7 +88,7 @@ class Reconciler:
             "project": str(source.get("project", "")),
             "created_from": _iso(since - CLOCK_SKEW_MARGIN_S),
             "order_by": "created_time",
-            "order": "asc",
+            "order": "desc",  # newest first: ours, not an older look-alike
             "limit": str(PAGE_LIMIT),
             "fields": "_all",
         }
@@ -105,7 +105,7 @@ class Reconciler:
             items, next_url, _ = await self._retrier.read(page)
             for task in items:
                 task_id = task.get("id")
-                if task_id == source_id or task_id in attributed:
+                if task_id in attributed or task_id in self._ledger.state.rows:
                     continue
                 if self._username and task.get("created_by") not in (
                     None,

@@ -83,6 +83,8 @@ class RunResult:
             return EXIT_AUTH
         if self.summary.interrupted or (self.followed and self.followed.interrupted):
             return EXIT_INTERRUPTED
+        if self.summary.failed:
+            return EXIT_SOME_FAILED
         return rows_exit_code(self.rows, waited=self.followed is not None)
 
 
@@ -119,7 +121,7 @@ async def _open_session(
         budget=budget,
         timeout_s=options.request_timeout_s,
     ) as client:
-        await client.get_rate_limit()
+        await retrier.read(client.get_rate_limit)
         user = await retrier.read(client.get_user)
         username = user.get("username")
         log.info(
