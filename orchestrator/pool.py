@@ -338,12 +338,25 @@ class Pool:
                     self._ledger.record(
                         Event.CLONE_UNCERTAIN, source.id, error=error_record(error)
                     )
+                    # Back off *before* looking: a backend that finishes the clone
+                    # just after our timeout would be missed, and the resend would
+                    # duplicate it. Look even when the attempts are used up.
+                    try:
+                        await self._retrier.pause(error, Verdict.BACKOFF, state)
+                        exhausted = False
+                    except ApiError:
+                        exhausted = True
                     found = await self._reconciler.adopt(
                         source.id, source.task or {}, intent_at
                     )
                     if found is not None:
                         return found
-                    verdict = Verdict.BACKOFF
+                    if exhausted:
+                        self._fail(Event.CLONE_FAILED, item, error)
+                        return None
+                    if self._stop.is_set():
+                        raise _Stopped from error  # `reconciled: null` is recorded
+                    continue
                 if verdict in (Verdict.GIVE_UP, Verdict.FATAL):
                     self._fail(Event.CLONE_FAILED, item, error)
                     return None

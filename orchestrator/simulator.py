@@ -18,6 +18,7 @@ import asyncio
 import collections
 import concurrent.futures
 import copy
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -299,7 +300,7 @@ class _Reply:
 class _Outcome:
     """One entry of a fault script, normalised."""
 
-    kind: str  # "error", "gateway", "drop", "stall" or "pass"
+    kind: str  # "error", "gateway", "drop", "stall", "late" or "pass"
     status: int = 0
     code: int = 0
 
@@ -512,13 +513,13 @@ def _parse_outcome(entry: int | str) -> _Outcome:
     if isinstance(entry, bool):
         raise TypeError(f"script entry must be int or str, not {entry!r}")
     if isinstance(entry, str):
-        if entry in ("drop", "stall", "pass"):
+        if entry in ("drop", "stall", "late", "pass"):
             return _Outcome(entry)
         status_text, sep, code_text = entry.partition(":")
         if not sep or not status_text.isdigit() or not code_text.isdigit():
             raise ValueError(
                 f"script entry {entry!r}: use an int status, 'STATUS:CODE', "
-                "'drop', 'stall' or 'pass'"
+                "'drop', 'stall', 'late' or 'pass'"
             )
         status, code = int(status_text), int(code_text)
     else:
@@ -606,6 +607,9 @@ class FakePlatform:
         self._fault_rng = random.Random(f"sim-faults:{faults.seed}")
         self._seedings = itertools.count()
         self._scripts: list[_Script] = []
+        self._late: list[tuple[float, _Match, _Call]] = []
+        self.late_commit_s = 2.0
+        """How long after its lost answer a "late" scripted write commits."""
         self._window_start: float | None = None
         self._window_used = 0
         self._request_seq = itertools.count(1)
@@ -863,12 +867,23 @@ class FakePlatform:
         Entries, used in order: an HTTP status (with the platform's error body: 429
         code 1000, 503 code 0, 500 code 90004, 404 code 7002, ...; 502/504 are a
         gateway's non-JSON page), `"STATUS:CODE"` (e.g. `"503:7000"`), `"drop"` /
-        `"stall"` (commit, then lose the answer) or `"pass"`. The regex is searched in
+        `"stall"` (commit, then lose the answer), `"late"` (drop the connection at once,
+        and commit only `late_commit_s` later on the platform's clock: a slow backend
+        finishing after the client gave up) or `"pass"`. The regex is searched in
         the full path (`/v2/tasks/<id>/actions/clone`). Once used up, requests behave
         normally.
         """
         outcomes = collections.deque(_parse_outcome(entry) for entry in responses)
         self._scripts.append(_Script(method.upper(), re.compile(path_regex), outcomes))
+
+    def _commit_late(self, now: float) -> None:
+        """Apply the "late" writes whose time has come (see `script`)."""
+        due = [entry for entry in self._late if entry[0] <= now]
+        if not due:
+            return
+        self._late = [entry for entry in self._late if entry[0] > now]
+        for _, match, call in due:
+            _run_handler(self, match, call)
 
     def spend_budget(self, n: int) -> None:
         """Another client on the same token spent `n` requests of the current window."""
@@ -1253,6 +1268,7 @@ class FakePlatform:
         if not self._authenticated(headers):
             return _Fault(401, 90001).reply(), None, False
         now = call.now
+        self._commit_late(now)
         if self._in_maintenance(now):
             return _Fault(503, 0).reply(), None, True
         script = self._matching_script(method, path)
@@ -1283,6 +1299,10 @@ class FakePlatform:
                 return _gateway_reply(head.status), None, True
             if head.kind in ("drop", "stall"):
                 lost = head.kind
+            if head.kind == "late":
+                due = now + self.late_commit_s
+                self._late.append((due, match, dataclasses.replace(call, now=due)))
+                return _ok({}, 202), "drop", True
         elif counted:
             faults, rng = self.faults, self._fault_rng
             if faults.error_rate > 0 and rng.random() < faults.error_rate:

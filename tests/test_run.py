@@ -548,3 +548,21 @@ class TestSharedBudget:
         assert_ledger_matches_platform(platform, result, ids)
         assert platform.rate_limited <= 3
         assert result.summary.rate_limit_pauses >= 3  # it did wait for resets
+
+
+class TestLateCommit:
+    async def test_clone_committed_after_the_client_gave_up_is_adopted(
+        self,
+        platform: FakePlatform,
+        creds: Credentials,
+        options: RunOptions,
+        tmp_path: Path,
+    ) -> None:
+        """The backend finishes the clone after the connection dropped: the pool
+        backs off before it looks, finds it, and sends no second clone."""
+        platform.late_commit_s = 0.4  # within the first backoff (0.5 s + jitter)
+        ids = platform.seed_cohort(PROJECT, failed=2)
+        platform.script("POST", r"/actions/clone", ["late"])
+        result = await run(manifest_for(tmp_path, ids), creds, options)
+        assert_ledger_matches_platform(platform, result, ids)
+        assert result.summary.adopted == 1
