@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 import structlog
 
 from orchestrator.config import Credentials
+from orchestrator.manifest import load_manifest
 from orchestrator.policy import RetryPolicy
-from orchestrator.runner import RunOptions
+from orchestrator.runner import RunOptions, RunResult, run_manifest
 from orchestrator.simulator import SIM_PROJECT, SIM_TOKEN, FakePlatform, serve
 
 PROJECT = SIM_PROJECT
@@ -53,6 +55,12 @@ def _reset_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture(autouse=True)
+def _no_real_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Never read the developer's real ~/.sevenbridges/credentials."""
+    monkeypatch.setenv("HOME", str(tmp_path))
 
 
 @pytest.fixture(name="fake_time")
@@ -107,3 +115,57 @@ def write_manifest(directory: Path, body: str, name: str = "m.yaml") -> Path:
     path = directory / name
     path.write_text(body, encoding="utf-8")
     return path
+
+
+FAST_BUDGET = "rate_limit: {requests: 1000000, per_seconds: 1}\n"
+"""A client budget that never binds: tests of wiring, not of timing."""
+
+
+def manifest_for(
+    tmp_path: Path, ids: Sequence[str] = (), *, extra: str = "", select: str = ""
+) -> Path:
+    """A manifest listing `ids` (and/or a `select:` block), with FAST_BUDGET."""
+    body = "version: 1\n" + FAST_BUDGET + extra
+    if ids:
+        body += "tasks:\n" + "".join(f"  - {i}\n" for i in ids)
+    return write_manifest(tmp_path, body + select)
+
+
+async def run(path: Path, creds: Credentials, options: RunOptions) -> RunResult:
+    """Load and run a manifest, as `cgc-rerun run` does."""
+    return await run_manifest(load_manifest(path), creds, options)
+
+
+async def clone_behind_our_back(creds: Credentials, source: str, *, run: bool) -> str:
+    """A clone POST the platform committed (sent by a killed run, or by hand)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{creds.endpoint}/tasks/{source}/actions/clone",
+            params={"action": "run"} if run else None,
+            headers={"X-SBG-Auth-Token": creds.token},
+        ) as response,
+    ):
+        assert response.status == 201
+        return str((await response.json())["id"])
+
+
+def look_alike_sources(
+    platform: FakePlatform, count: int, *, created_time: float
+) -> list[str]:
+    """Sources no clone can tell apart: same project, name, app and inputs."""
+    platform.files.add("a" * 24)
+    same: dict[str, object] = {"reads": {"class": "File", "path": "a" * 24}}
+    return [
+        str(
+            platform.add_task(
+                project=PROJECT,
+                name="same",
+                app=f"{PROJECT}/wf/1",
+                status="FAILED",
+                inputs=same,
+                created_time=created_time,
+            )["id"]
+        )
+        for _ in range(count)
+    ]

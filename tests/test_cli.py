@@ -24,11 +24,10 @@ import pytest
 from orchestrator.cli import build_parser, main
 from orchestrator.ledger import Ledger, read_ledger
 from orchestrator.simulator import SIM_PROJECT, SIM_TOKEN, FakePlatform, serve_in_thread
-from tests.conftest import write_manifest
+from tests.conftest import FAST_BUDGET, write_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
-FAST_BUDGET = "rate_limit: {requests: 1000000, per_seconds: 1}\n"
 WRITE_ROUTES = frozenset(
     {
         "POST /tasks/{id}/actions/clone",

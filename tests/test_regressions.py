@@ -5,60 +5,29 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import Sequence
 from pathlib import Path
-
-import aiohttp
-import pytest
 
 from orchestrator.client import ApiClient
 from orchestrator.config import Credentials
 from orchestrator.follow import follow
 from orchestrator.ledger import Event, Ledger, read_ledger
-from orchestrator.manifest import load_manifest
 from orchestrator.models import RateLimit
 from orchestrator.pacing import RateBudget
 from orchestrator.policy import Retrier
-from orchestrator.runner import RunOptions, RunResult, run_manifest
+from orchestrator.runner import RunOptions
 from orchestrator.simulator import FakePlatform, FaultProfile, serve
-from tests.conftest import FAST_POLICY, PROJECT, START, FakeTime, write_manifest
-
-FAST_BUDGET = "rate_limit: {requests: 1000000, per_seconds: 1}\n"
-
-
-@pytest.fixture(autouse=True)
-def _no_real_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Never read the developer's real credentials."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-
-
-def manifest_for(
-    tmp_path: Path, ids: Sequence[str] = (), *, extra: str = "", select: str = ""
-) -> Path:
-    """A manifest listing `ids`, with a non-binding client budget."""
-    body = "version: 1\n" + FAST_BUDGET + extra
-    if ids:
-        body += "tasks:\n" + "".join(f"  - {i}\n" for i in ids)
-    return write_manifest(tmp_path, body + select)
-
-
-async def run(path: Path, creds: Credentials, options: RunOptions) -> RunResult:
-    """Load and run a manifest."""
-    return await run_manifest(load_manifest(path), creds, options)
-
-
-async def clone_behind_our_back(creds: Credentials, source: str, *, run: bool) -> str:
-    """A clone POST the platform committed (sent by a killed run, or by hand)."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{creds.endpoint}/tasks/{source}/actions/clone",
-            params={"action": "run"} if run else None,
-            headers={"X-SBG-Auth-Token": creds.token},
-        ) as response,
-    ):
-        assert response.status == 201
-        return str((await response.json())["id"])
+from tests.conftest import (
+    FAST_BUDGET,
+    FAST_POLICY,
+    PROJECT,
+    START,
+    FakeTime,
+    clone_behind_our_back,
+    look_alike_sources,
+    manifest_for,
+    run,
+    write_manifest,
+)
 
 
 class TestLedgerFold:
@@ -171,21 +140,7 @@ class TestReconcileAttribution:
         tmp_path: Path,
     ) -> None:
         """A's clone 500s while B's is committed, unanswered: A must not adopt it."""
-        platform.files.add("a" * 24)
-        same: dict[str, object] = {"reads": {"class": "File", "path": "a" * 24}}
-        ids = [
-            str(
-                platform.add_task(
-                    project=PROJECT,
-                    name="same",
-                    app=f"{PROJECT}/wf/1",
-                    status="FAILED",
-                    inputs=same,
-                    created_time=START - 86_400.0,
-                )["id"]
-            )
-            for _ in range(2)
-        ]
+        ids = look_alike_sources(platform, 2, created_time=START - 86_400.0)
         platform.faults = dataclasses.replace(platform.faults, stall_s=0.3)
         platform.script("POST", r"/actions/clone", ["stall", 500])
         path = manifest_for(tmp_path, ids, extra="concurrency: 2\n")
@@ -201,21 +156,7 @@ class TestReconcileAttribution:
         tmp_path: Path,
     ) -> None:
         """Two look-alike sources that failed a minute ago: B's 500 must not adopt A."""
-        platform.files.add("a" * 24)
-        same: dict[str, object] = {"reads": {"class": "File", "path": "a" * 24}}
-        ids = [
-            str(
-                platform.add_task(
-                    project=PROJECT,
-                    name="same",
-                    app=f"{PROJECT}/wf/1",
-                    status="FAILED",
-                    inputs=same,
-                    created_time=START - 60.0,
-                )["id"]
-            )
-            for _ in range(2)
-        ]
+        ids = look_alike_sources(platform, 2, created_time=START - 60.0)
         platform.script("POST", r"/actions/clone", ["pass", 500])
         path = manifest_for(tmp_path, ids, extra="concurrency: 1\n")
         result = await run(path, creds, options)

@@ -9,34 +9,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from orchestrator.config import Credentials
 from orchestrator.ledger import Event, Ledger, read_ledger
-from orchestrator.manifest import load_manifest
-from orchestrator.runner import RunOptions, RunResult, run_manifest
+from orchestrator.runner import RunOptions, RunResult
 from orchestrator.simulator import FakePlatform, FaultProfile
-from tests.conftest import PROJECT, FakeTime, write_manifest
-
-FAST_BUDGET = "rate_limit: {requests: 1000000, per_seconds: 1}\n"
-
-
-def manifest_for(
-    tmp_path: Path, ids: Sequence[str] = (), *, extra: str = "", select: str = ""
-) -> Path:
-    """A manifest listing `ids`, with a non-binding client budget."""
-    tasks = "".join(f"  - {i}\n" for i in ids)
-    body = "version: 1\n" + FAST_BUDGET + extra
-    if ids:
-        body += "tasks:\n" + tasks
-    if select:
-        body += select
-    return write_manifest(tmp_path, body)
-
-
-async def run(path: Path, creds: Credentials, options: RunOptions) -> RunResult:
-    """Load and run a manifest."""
-    return await run_manifest(load_manifest(path), creds, options)
+from tests.conftest import (
+    FAST_BUDGET,
+    PROJECT,
+    FakeTime,
+    clone_behind_our_back,
+    manifest_for,
+    run,
+    write_manifest,
+)
 
 
 def assert_ledger_matches_platform(
@@ -346,24 +332,11 @@ class TestUncertainWrites:
             ledger.record(
                 Event.CLONE_INTENT, ids[0], attempt=1, run=True, at=fake_time.now
             )
-        await _clone_behind_our_back(creds, ids[0])
+        await clone_behind_our_back(creds, ids[0], run=True)
         result = await run(manifest_for(tmp_path, ids), creds, options)
         assert_ledger_matches_platform(platform, result, ids)
         assert result.summary.adopted == 1
         assert result.rows[0].attempts == 1
-
-
-async def _clone_behind_our_back(creds: Credentials, source: str) -> None:
-    """The POST a killed run sent: the platform committed it."""
-    async with (
-        aiohttp.ClientSession() as session,
-        session.post(
-            f"{creds.endpoint}/tasks/{source}/actions/clone",
-            params={"action": "run"},
-            headers={"X-SBG-Auth-Token": creds.token},
-        ) as response,
-    ):
-        assert response.status == 201
 
 
 class TestChaos:
@@ -400,34 +373,7 @@ class TestChaos:
         assert result.summary.adopted > 0
 
 
-@pytest.fixture(autouse=True)
-def _no_real_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Never read the developer's real credentials."""
-    monkeypatch.setenv("HOME", str(tmp_path))
-
-
 class TestResumeSteps:
-    async def _draft_clone(self, creds: Credentials, source: str, *, run: bool) -> str:
-        """A clone a stopped run had made (and maybe started)."""
-        async with (
-            aiohttp.ClientSession() as session,
-            session.post(
-                f"{creds.endpoint}/tasks/{source}/actions/clone",
-                headers={"X-SBG-Auth-Token": creds.token},
-            ) as response,
-        ):
-            new_id = str((await response.json())["id"])
-        if run:
-            async with (
-                aiohttp.ClientSession() as session,
-                session.post(
-                    f"{creds.endpoint}/tasks/{new_id}/actions/run",
-                    headers={"X-SBG-Auth-Token": creds.token},
-                ) as response,
-            ):
-                assert response.status == 200
-        return new_id
-
     def _stopped_after_clone(
         self, options: RunOptions, source: str, new_id: str
     ) -> None:
@@ -450,7 +396,7 @@ class TestResumeSteps:
     ) -> None:
         """Killed after the clone: the next run patches and runs that same draft."""
         (source,) = platform.seed_cohort(PROJECT, failed=1)
-        new_id = await self._draft_clone(creds, source, run=False)
+        new_id = await clone_behind_our_back(creds, source, run=False)
         self._stopped_after_clone(options, source, new_id)
         path = manifest_for(
             tmp_path, [source], extra="overrides: {name_suffix: ' R'}\n"
@@ -471,7 +417,8 @@ class TestResumeSteps:
     ) -> None:
         """Killed after the run POST but before its record: no second run, no error."""
         (source,) = platform.seed_cohort(PROJECT, failed=1)
-        new_id = await self._draft_clone(creds, source, run=True)
+        new_id = await clone_behind_our_back(creds, source, run=False)
+        await _run_draft(creds, new_id)
         self._stopped_after_clone(options, source, new_id)
         runs_before = platform.count("POST /tasks/{id}/actions/run")
         path = manifest_for(
@@ -566,3 +513,15 @@ class TestLateCommit:
         result = await run(manifest_for(tmp_path, ids), creds, options)
         assert_ledger_matches_platform(platform, result, ids)
         assert result.summary.adopted == 1
+
+
+async def _run_draft(creds: Credentials, task_id: str) -> None:
+    """Start a draft behind our back (the run POST a killed run had sent)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{creds.endpoint}/tasks/{task_id}/actions/run",
+            headers={"X-SBG-Auth-Token": creds.token},
+        ) as response,
+    ):
+        assert response.status == 200
