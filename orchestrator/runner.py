@@ -24,7 +24,7 @@ from orchestrator.client import ApiClient
 from orchestrator.config import Credentials, check_endpoint_matches
 from orchestrator.errors import ConfigError, LedgerError
 from orchestrator.follow import FollowSummary, abort_all, follow
-from orchestrator.ledger import Event, Ledger, SourceRow, read_ledger
+from orchestrator.ledger import Event, Ledger, LedgerState, SourceRow, read_ledger
 from orchestrator.manifest import manifest_to_yaml
 from orchestrator.models import (
     Action,
@@ -139,6 +139,27 @@ def default_ledger(manifest: Manifest, options: RunOptions) -> Path:
     return options.ledger_path or manifest.default_ledger_path()
 
 
+async def _plan(
+    manifest: Manifest, session: _Session, state: LedgerState, options: RunOptions
+) -> Plan:
+    """The one way `plan` and `run` decide, so that `plan` shows what `run` does."""
+    sources, reads = await resolve_sources(
+        manifest,
+        session.client,
+        session.retrier,
+        ledger=state,
+        retry_failed=options.retry_failed,
+    )
+    return plan_sources(
+        manifest,
+        sources,
+        state,
+        retry_failed=options.retry_failed,
+        read_requests=reads + 1,  # and GET /user (GET /rate_limit is free)
+        budget=session.client.budget,
+    )
+
+
 async def plan_manifest(
     manifest: Manifest, credentials: Credentials, options: RunOptions | None = None
 ) -> Plan:
@@ -147,17 +168,7 @@ async def plan_manifest(
     check_endpoint_matches(credentials, manifest.endpoint)
     state = read_ledger(default_ledger(manifest, options))
     async with _open_session(credentials, manifest.rate_limit, options) as session:
-        sources, reads = await resolve_sources(
-            manifest, session.client, session.retrier
-        )
-        return plan_sources(
-            manifest,
-            sources,
-            state,
-            retry_failed=options.retry_failed,
-            read_requests=reads + 1,  # and GET /user (GET /rate_limit is free)
-            budget=session.client.budget,
-        )
+        return await _plan(manifest, session, state, options)
 
 
 async def run_manifest(
@@ -177,21 +188,7 @@ async def run_manifest(
     with Ledger(default_ledger(manifest, options)) as ledger:
         async with _open_session(credentials, manifest.rate_limit, options) as session:
             client, retrier = session.client, session.retrier
-            sources, reads = await resolve_sources(
-                manifest,
-                client,
-                retrier,
-                ledger=ledger.state,
-                retry_failed=options.retry_failed,
-            )
-            plan = plan_sources(
-                manifest,
-                sources,
-                ledger.state,
-                retry_failed=options.retry_failed,
-                read_requests=reads,
-                budget=client.budget,
-            )
+            plan = await _plan(manifest, session, ledger.state, options)
             ledger.record(
                 Event.RUN_STARTED,
                 None,

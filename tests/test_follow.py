@@ -15,6 +15,7 @@ from orchestrator import (
     abort_ledger,
     export_failed,
     load_manifest,
+    plan_manifest,
     read_rows,
     refresh_ledger,
     run_manifest,
@@ -207,3 +208,28 @@ class TestAbort:
         assert {r.status for r in rows} == {"ABORTED"}
         for row in rows:
             assert platform.task(str(row.new_task_id))["status"] == "ABORTED"
+
+
+class TestPlanAfterRun:
+    async def test_plan_of_a_rerun_select_shows_what_run_does(
+        self,
+        lifecycle: FakePlatform,
+        lifecycle_creds: Credentials,
+        options: RunOptions,
+        tmp_path: Path,
+    ) -> None:
+        """After a run whose reruns partly FAILED, `plan` on the same "FAILED tasks"
+        manifest plans no clone of those reruns, exactly as `run` then does."""
+        lifecycle.seed_cohort(PROJECT, failed=30)
+        body = (
+            "version: 1\n" + BUDGET + "wait: {poll_seconds: 10, timeout_hours: 1}\n"
+            f"select: {{project: {PROJECT}, status: [FAILED]}}\n"
+        )
+        manifest = load_manifest(write_manifest(tmp_path, body))
+        await run_manifest(
+            manifest, lifecycle_creds, dataclasses.replace(options, wait=True)
+        )
+        plan = await plan_manifest(manifest, lifecycle_creds, options)
+        assert plan.counts == {"done": 30}
+        again = await run_manifest(manifest, lifecycle_creds, options)
+        assert again.summary.outcomes == {"done": 30}
