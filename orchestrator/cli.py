@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +28,7 @@ from orchestrator.errors import (
 from orchestrator.logs import configure_logging
 from orchestrator.manifest import load_manifest
 from orchestrator.models import Manifest
-from orchestrator.planner import Plan
+from orchestrator.planner import Disposition, Plan
 from orchestrator.progress import Progress
 from orchestrator.report import FORMATS, iter_render, render, run_summary
 from orchestrator.runner import (
@@ -37,6 +38,7 @@ from orchestrator.runner import (
     EXIT_USAGE,
     RunOptions,
     abort_ledger,
+    default_ledger,
     export_failed,
     plan_manifest,
     read_rows,
@@ -264,6 +266,9 @@ def _load(path: Path) -> Manifest:
     return manifest
 
 
+_NOT_CLONED = (Disposition.SKIP, Disposition.DONE, Disposition.UNREADABLE)
+
+
 def _print_plan(plan: Plan, fmt: str) -> None:
     if fmt == "json":
         for piece in plan.iter_json():
@@ -272,12 +277,11 @@ def _print_plan(plan: Plan, fmt: str) -> None:
         return
     lines = ["Plan", f"  sources: {len(plan.items)}"]
     lines += [f"  {name}: {count}" for name, count in sorted(plan.counts.items())]
-    reasons: dict[str, int] = {}
-    for item in plan.items:
-        if item.reason and item.disposition.value in ("skip", "done", "unreadable"):
-            reasons[f"{item.disposition}: {item.reason}"] = (
-                reasons.get(f"{item.disposition}: {item.reason}", 0) + 1
-            )
+    reasons = Counter(
+        f"{item.disposition}: {item.reason}"
+        for item in plan.items
+        if item.reason and item.disposition in _NOT_CLONED
+    )
     if reasons:
         lines.append("  not cloned, and why:")
         lines += [f"    {n} x {reason}" for reason, n in sorted(reasons.items())]
@@ -340,6 +344,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
         waiting.close()
     summary = result.summary
+    ledger = default_ledger(manifest, options)
     outcomes = ", ".join(f"{k} {v}" for k, v in sorted(summary.outcomes.items()))
     log.info(
         "run.finished",
@@ -348,13 +353,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         retries=summary.retries,
         adopted=summary.adopted,
         elapsed_s=round(summary.elapsed_s, 2),
-        ledger=str(options.ledger_path or manifest.default_ledger_path()),
+        ledger=str(ledger),
     )
     if summary.fatal:
         print(
             f"error: the platform refused the token: {summary.fatal}", file=sys.stderr
         )
-    ledger = options.ledger_path or manifest.default_ledger_path()
     _out(run_summary(result.rows, ledger=str(ledger)))
     return result.exit_code
 

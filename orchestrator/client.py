@@ -9,9 +9,10 @@ the shared `RateBudget`, accepts any 2xx, and maps the rest onto `orchestrator.e
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import platform as _platform
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from types import TracebackType
 from typing import Self
 from urllib.parse import quote, urlsplit
@@ -34,6 +35,7 @@ from orchestrator.errors import (
 )
 from orchestrator.models import JsonObject, TaskId
 from orchestrator.pacing import RateBudget, parse_reset
+from orchestrator.policy import Retrier
 
 log: structlog.typing.FilteringBoundLogger = structlog.get_logger()
 
@@ -56,6 +58,13 @@ def _user_agent() -> str:
         f"cgc-rerun/{ours} (aiohttp/{aiohttp.__version__}; "
         f"Python/{_platform.python_version()})"
     )
+
+
+def _task_path(task_id: TaskId, action: str = "") -> str:
+    """`tasks/{id}` or `tasks/{id}/actions/{action}`, the ID quoted (it is a UUID,
+    but a path must never be built from unchecked text)."""
+    path = f"tasks/{quote(task_id, safe='')}"
+    return f"{path}/actions/{action}" if action else path
 
 
 def _error_class(status: int, code: int | None) -> type[ApiStatusError]:
@@ -298,7 +307,7 @@ class ApiClient:
 
     async def get_task(self, task_id: TaskId) -> Json:
         """`GET /tasks/{id}`."""
-        return await self._json("GET", f"tasks/{quote(task_id, safe='')}")
+        return await self._json("GET", _task_path(task_id))
 
     async def bulk_get(self, task_ids: Sequence[TaskId]) -> list[Json | ApiStatusError]:
         """`POST /bulk/tasks/get` for at most 100 IDs; results matched by position."""
@@ -356,29 +365,32 @@ class ApiClient:
         total = int(total_header) if total_header and total_header.isdigit() else None
         return items, next_url, total
 
-    async def iter_tasks(self, params: Mapping[str, str]) -> AsyncIterator[Json]:
-        """Every task of a query, following `links[rel=next]` to the end (no retry)."""
-        items, next_url, _ = await self.list_tasks_page(params)
-        for item in items:
-            yield item
+    async def iter_task_pages(
+        self, params: Mapping[str, str], retrier: Retrier
+    ) -> AsyncGenerator[list[Json], None]:
+        """Every page of `GET /tasks`, following `links[rel=next]`; each page is one
+        idempotent read, retried on its own."""
+        items, next_url, _ = await retrier.read(
+            functools.partial(self.list_tasks_page, params)
+        )
+        yield items
         while next_url:
-            items, next_url, _ = await self.list_tasks_page(url=next_url)
-            for item in items:
-                yield item
+            items, next_url, _ = await retrier.read(
+                functools.partial(self.list_tasks_page, url=next_url)
+            )
+            yield items
 
     async def clone_task(self, task_id: TaskId, *, run: bool) -> Json:
         """`POST /tasks/{id}/actions/clone` (`action=run` to start it at once)."""
         return await self._json(
             "POST",
-            f"tasks/{quote(task_id, safe='')}/actions/clone",
+            _task_path(task_id, "clone"),
             params={"action": "run"} if run else None,
         )
 
     async def patch_task(self, task_id: TaskId, changes: JsonObject) -> Json:
         """`PATCH /tasks/{id}`: DRAFT tasks only."""
-        return await self._json(
-            "PATCH", f"tasks/{quote(task_id, safe='')}", body=dict(changes)
-        )
+        return await self._json("PATCH", _task_path(task_id), body=dict(changes))
 
     async def run_task(
         self, task_id: TaskId, *, use_interruptible_instances: bool | None = None
@@ -389,12 +401,8 @@ class ApiClient:
             params = {
                 "use_interruptible_instances": str(use_interruptible_instances).lower()
             }
-        return await self._json(
-            "POST", f"tasks/{quote(task_id, safe='')}/actions/run", params=params
-        )
+        return await self._json("POST", _task_path(task_id, "run"), params=params)
 
     async def abort_task(self, task_id: TaskId) -> Json:
         """`POST /tasks/{id}/actions/abort`: QUEUED, RUNNING or CREATING tasks only."""
-        return await self._json(
-            "POST", f"tasks/{quote(task_id, safe='')}/actions/abort"
-        )
+        return await self._json("POST", _task_path(task_id, "abort"))

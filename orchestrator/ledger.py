@@ -314,20 +314,17 @@ def iter_entries(path: Path) -> Iterator[dict[str, object]]:
     except OSError as exc:
         raise LedgerError(f"{path}: cannot read ({exc.strerror})") from exc
     with handle:
-        pending: tuple[int, bytes] | None = None
         for number, raw in enumerate(handle, start=1):
-            if pending is not None:
-                yield _parse_line(path, *pending)
-            pending = (number, raw)
-        if pending is not None:
-            number, raw = pending
-            if not raw.endswith(b"\n"):
-                try:
-                    yield _parse_line(path, number, raw)
-                except LedgerError:
-                    log.warning("ledger.torn_line", path=str(path), line=number)
+            if raw.endswith(b"\n"):
+                yield _parse_line(path, number, raw)
+                continue
+            # Only the last line can lack its newline: a crash mid-write tore it.
+            try:
+                entry = _parse_line(path, number, raw)
+            except LedgerError:
+                log.warning("ledger.torn_line", path=str(path), line=number)
                 return
-            yield _parse_line(path, number, raw)
+            yield entry
 
 
 def _parse_line(path: Path, number: int, raw: bytes) -> dict[str, object]:

@@ -71,7 +71,6 @@ class RateBudget:
         self._skew_s = 0.0  # how far our clock runs ahead of the platform's
         self._reserve = 0  # requests left for another client seen spending our budget
         self.waits = 0
-        self.waited_s = 0.0
 
     @property
     def in_flight(self) -> int:
@@ -102,7 +101,6 @@ class RateBudget:
         """Wait until both meters allow one more request, then count it in flight."""
         while (wait := self._wait_s()) > 0:
             self.waits += 1
-            self.waited_s += wait
             log.info(
                 "rate_limit.pause",
                 wait_s=round(wait, 2),

@@ -170,28 +170,6 @@ def _select_params(manifest: Manifest) -> list[dict[str, str]]:
     return [{**base, "status": status} for status in select.statuses]
 
 
-class _ReadCounter:
-    def __init__(self) -> None:
-        self.count = 0
-
-
-async def _list_all(
-    client: ApiClient, retrier: Retrier, params: dict[str, str], reads: _ReadCounter
-) -> list[Json]:
-    """Every page of one query, each page retried on its own."""
-    reads.count += 1
-    items, next_url, _ = await retrier.read(lambda: client.list_tasks_page(params))
-    out = list(items)
-    while next_url:
-        url = next_url
-        reads.count += 1
-        items, next_url, _ = await retrier.read(
-            functools.partial(client.list_tasks_page, url=url)
-        )
-        out.extend(items)
-    return out
-
-
 async def bulk_read(
     client: ApiClient,
     retrier: Retrier,
@@ -263,18 +241,20 @@ async def resolve_sources(
     bulk reads for what is done). Returns the sources and the read requests spent.
     """
     state = ledger or LedgerState()
-    reads = _ReadCounter()
+    reads = 0
     selected: dict[str, Json] = {}
     excluded = 0
     for params in _select_params(manifest):
-        for task in await _list_all(client, retrier, params, reads):
-            task_id = task.get("id")
-            if not isinstance(task_id, str):
-                continue
-            if task_id in state.attributed:
-                excluded += 1
-                continue
-            selected.setdefault(task_id, slim(task))
+        async for page in client.iter_task_pages(params, retrier):
+            reads += 1
+            for task in page:
+                task_id = task.get("id")
+                if not isinstance(task_id, str):
+                    continue
+                if task_id in state.attributed:
+                    excluded += 1
+                    continue
+                selected.setdefault(task_id, slim(task))
     if excluded:
         log.info("plan.own_clones_excluded", count=excluded)
     specs: dict[str, TaskSpec] = {spec.id: spec for spec in manifest.tasks}
@@ -287,7 +267,7 @@ async def resolve_sources(
     read_back = await bulk_read(
         client, retrier, to_read, concurrency=manifest.concurrency
     )
-    reads.count += math.ceil(len(to_read) / BULK_LIMIT)
+    reads += math.ceil(len(to_read) / BULK_LIMIT)
     results: dict[str, Json | ApiStatusError] = dict(
         zip(to_read, read_back, strict=True)
     )
@@ -311,8 +291,8 @@ async def resolve_sources(
             log.info("plan.maybe_own_clone_deferred", task_id=task_id)
             continue
         sources.append(_source(manifest, TaskSpec(id=TaskId(task_id)), task))
-    log.info("plan.sources_resolved", sources=len(sources), read_requests=reads.count)
-    return sources, reads.count
+    log.info("plan.sources_resolved", sources=len(sources), read_requests=reads)
+    return sources, reads
 
 
 def _source(

@@ -111,7 +111,7 @@ class _Tally:
 
 
 class Pool:
-    """Runs a plan. One instance per run; see `run_plan`."""
+    """Runs a plan. One instance per run; see `runner.run_manifest`."""
 
     def __init__(
         self,
@@ -251,14 +251,17 @@ class Pool:
             self._ledger.record(Event.INTERRUPTED, source_id, error=error_record(error))
             log.warning("source.failed", error=str(error))
             if isinstance(error, AuthError) and error.status == 401:
-                self._fatal = error  # the token itself is refused: stop the run
-                self._stop.set()
+                self._halt(error)
                 return Outcome.INTERRUPTED
             return Outcome.FAILED
-        self._tally.forbidden_streak = (
-            0 if outcome is Outcome.CLONED else (self._tally.forbidden_streak)
-        )
+        if outcome is Outcome.CLONED:
+            self._tally.forbidden_streak = 0
         return outcome
+
+    def _halt(self, error: ApiError) -> None:
+        """The token itself is refused: stop the whole run (exit 3)."""
+        self._fatal = error
+        self._stop.set()
 
     async def _steps(self, item: PlannedSource) -> Outcome:
         source = item.source
@@ -315,8 +318,7 @@ class Pool:
                 or self._tally.forbidden_streak >= _FORBIDDEN_STREAK_IS_FATAL
             )
             if fatal:
-                self._fatal = error
-                self._stop.set()
+                self._halt(error)
                 raise _Fatal from error
 
     async def _clone(self, item: PlannedSource, *, run: bool) -> Json | None:
@@ -334,40 +336,39 @@ class Pool:
                 task = await self._client.clone_task(source.id, run=run)
             except ApiError as error:
                 verdict = classify(error, write=True)
-                if verdict is Verdict.RECONCILE:
+                if verdict in (Verdict.GIVE_UP, Verdict.FATAL):
+                    self._fail(Event.CLONE_FAILED, item, error)
+                    return None
+                uncertain = verdict is Verdict.RECONCILE
+                if uncertain:
                     self._ledger.record(
                         Event.CLONE_UNCERTAIN, source.id, error=error_record(error)
                     )
-                    # Back off *before* looking: a backend that finishes the clone
-                    # just after our timeout would be missed, and the resend would
-                    # duplicate it. Look even when the attempts are used up.
-                    try:
-                        await self._retrier.pause(error, Verdict.BACKOFF, state)
-                        exhausted = False
-                    except ApiError:
-                        exhausted = True
+                # An uncertain clone backs off *before* it looks: a backend that
+                # finishes the clone just after our timeout would be missed, and the
+                # resend would duplicate it. It looks even when attempts are used up.
+                try:
+                    await self._retrier.pause(
+                        error, Verdict.BACKOFF if uncertain else verdict, state
+                    )
+                    exhausted = False
+                except ApiError:
+                    exhausted = True
+                if uncertain:
                     found = await self._reconciler.adopt(
                         source.id, source.task or {}, intent_at
                     )
                     if found is not None:
                         return found
-                    if exhausted:
-                        self._fail(Event.CLONE_FAILED, item, error)
-                        return None
-                    if self._stop.is_set():
-                        raise _Stopped from error  # `reconciled: null` is recorded
-                    continue
-                if verdict in (Verdict.GIVE_UP, Verdict.FATAL):
-                    self._fail(Event.CLONE_FAILED, item, error)
-                    return None
-                try:
-                    await self._retrier.pause(error, verdict, state)
-                except ApiError:
+                if exhausted:
                     self._fail(Event.CLONE_FAILED, item, error)
                     return None
                 if self._stop.is_set():
-                    # The last POST was not applied (429/5xx/reconciled): say so.
-                    self._ledger.record(Event.RECONCILED, source.id, new_task_id=None)
+                    if not uncertain:  # (adopt recorded it for an uncertain one)
+                        # The last POST was not applied (429, 503): say so.
+                        self._ledger.record(
+                            Event.RECONCILED, source.id, new_task_id=None
+                        )
                     raise _Stopped from error
                 continue
             errors = task.get("errors") or None

@@ -10,7 +10,7 @@ another source, and that the same user created. Only when none matches is it res
 from __future__ import annotations
 
 import asyncio
-import functools
+from contextlib import aclosing
 from datetime import UTC, datetime
 
 import structlog
@@ -56,12 +56,10 @@ class Reconciler:
         self._username = username
         self._lock = asyncio.Lock()  # one look-and-attribute at a time
         self.adopted = 0
-        self.lookups = 0
 
     async def adopt(self, source_id: str, source: Json, since: float) -> Json | None:
         """Record and return the clone made by an uncertain POST, or record none."""
         async with self._lock:
-            self.lookups += 1
             found = await self._find(source_id, source, since)
             self._ledger.record(
                 Event.RECONCILED,
@@ -92,26 +90,19 @@ class Reconciler:
             "limit": str(PAGE_LIMIT),
             "fields": "_all",
         }
-        attributed = self._ledger.state.attributed
-        next_url: str | None = None
-        first = True
-        while first or next_url:
-            page = (
-                functools.partial(self._client.list_tasks_page, params)
-                if first
-                else functools.partial(self._client.list_tasks_page, url=next_url)
-            )
-            first = False
-            items, next_url, _ = await self._retrier.read(page)
-            for task in items:
-                task_id = task.get("id")
-                if task_id in attributed or task_id in self._ledger.state.rows:
-                    continue
-                if self._username and task.get("created_by") not in (
-                    None,
-                    self._username,
-                ):
-                    continue
-                if is_clone_of(task, source):
-                    return task
+        known = self._ledger.state
+        pages = self._client.iter_task_pages(params, self._retrier)
+        async with aclosing(pages):
+            async for page in pages:
+                for task in page:
+                    task_id = task.get("id")
+                    if task_id in known.attributed or task_id in known.rows:
+                        continue
+                    if self._username and task.get("created_by") not in (
+                        None,
+                        self._username,
+                    ):
+                        continue
+                    if is_clone_of(task, source):
+                        return task
         return None

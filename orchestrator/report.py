@@ -78,6 +78,7 @@ def _iter_csv(rows: Iterable[SourceRow]) -> Iterator[str]:
 
 
 def _render_text(rows: Iterable[SourceRow], fmt: str) -> str:
+    rows = list(rows)
     records = [row.as_report() for row in rows]
     table = [[_cell(r, c) for c in _COLUMNS] for r in records]
     if fmt == "markdown":
@@ -86,8 +87,8 @@ def _render_text(rows: Iterable[SourceRow], fmt: str) -> str:
             "| " + " | ".join(c.replace("|", "\\|") for c in line) + " |"
             for line in table
         ]
-        return "\n".join(lines) + "\n\n" + summary_line(records) + "\n"
-    return _aligned([list(_COLUMNS), *table]) + "\n" + summary_line(records) + "\n"
+        return "\n".join(lines) + "\n\n" + summary_line(rows) + "\n"
+    return _aligned([list(_COLUMNS), *table]) + "\n" + summary_line(rows) + "\n"
 
 
 def _aligned(lines: Sequence[Sequence[str]]) -> str:
@@ -100,22 +101,16 @@ def _aligned(lines: Sequence[Sequence[str]]) -> str:
     )
 
 
-def summary_line(records: Sequence[dict[str, object]]) -> str:
+def summary_line(rows: Sequence[SourceRow]) -> str:
     """`240 sources: COMPLETED 200, FAILED 12, SKIPPED 28`."""
-    counts = Counter(str(r["status"]) for r in records)
+    counts = Counter(row.status for row in rows)
     parts = ", ".join(f"{status} {n}" for status, n in counts.most_common())
-    return f"{len(records)} sources: {parts}" if records else "0 sources"
-
-
-def status_counts(rows: Iterable[SourceRow]) -> Counter[str]:
-    """How many sources per report status."""
-    return Counter(row.status for row in rows)
+    return f"{len(rows)} sources: {parts}" if rows else "0 sources"
 
 
 def run_summary(rows: Sequence[SourceRow], *, ledger: str, most: int = 10) -> str:
     """The one-screen summary printed at the end of every run."""
-    records = [row.as_report() for row in rows]
-    lines = [summary_line(records)]
+    lines = [summary_line(rows)]
     failed = [row for row in rows if row.rerun_failed]
     if failed:
         lines.append(f"did not complete ({len(failed)}):")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -64,7 +65,7 @@ class RunOptions:
     wait: bool = False
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     sleep: Sleep = asyncio.sleep
-    clock: Clock | None = None
+    clock: Clock = time.time
     rng: random.Random | None = None
 
 
@@ -110,10 +111,15 @@ async def _open_session(
     credentials: Credentials, rate_limit: RateLimit, options: RunOptions
 ) -> AsyncIterator[_Session]:
     """Open the client, check the token (401/403 -> exit 3) and seed the budget."""
-    clock_kw = {} if options.clock is None else {"clock": options.clock}
-    budget = RateBudget(rate_limit, sleep=options.sleep, rng=options.rng, **clock_kw)
+    budget = RateBudget(
+        rate_limit, clock=options.clock, sleep=options.sleep, rng=options.rng
+    )
     retrier = Retrier(
-        options.policy, budget=budget, sleep=options.sleep, rng=options.rng, **clock_kw
+        options.policy,
+        budget=budget,
+        clock=options.clock,
+        sleep=options.sleep,
+        rng=options.rng,
     )
     async with ApiClient(
         endpoint=credentials.endpoint,
@@ -207,7 +213,6 @@ async def run_manifest(
                     "timeout_hours": manifest.wait.timeout_hours,
                 },
             )
-            clock_kw = {} if options.clock is None else {"clock": options.clock}
             pool = Pool(
                 client=client,
                 ledger=ledger,
@@ -217,7 +222,7 @@ async def run_manifest(
                 ),
                 stop=stop,
                 progress=progress,
-                **clock_kw,
+                clock=options.clock,
             )
             summary = await pool.run(plan, concurrency=concurrency)
             ledger.record(
